@@ -1,0 +1,1 @@
+"""Triton kernels: one module per op (kernel, eager reference, autograd Function). Installed as ``amd_fast.kernels``."""
