@@ -31,3 +31,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+# Shared fixtures live next to the code that owns them.
+pytest_plugins = ["tests.shard_fixtures"]

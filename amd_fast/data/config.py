@@ -1,0 +1,103 @@
+"""DataConfig: every knob of the video loaders, shared by the DALI and the eager backend."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+BACKENDS = ("auto", "dali", "eager")
+DTYPES = ("float32", "bfloat16", "float16")
+BAD_SAMPLE_POLICIES = ("skip", "error")
+
+# VideoMAE / AMD pretraining: GroupMultiScaleCrop(input_size, [1, .875, .75, .66]).
+VIDEOMAE_SCALES = (1.0, 0.875, 0.75, 0.66)
+
+
+@dataclass
+class DataConfig:
+    """What clips to read and how to turn them into training batches.
+
+    Batches are ``{'video': (batch_size*num_sample, 3, num_frames, input_size, input_size),
+    'label': (batch_size*num_sample,) int64}`` on ``device``, normalized with ImageNet mean/std.
+
+    - ``shards``: a split manifest (``train.manifest.json``), a shard folder (the manifest of
+      ``split`` in it is used, else its ``<split>-*.tar``), or a list of tar paths.
+    - ``batch_size`` counts *videos* per rank; each video gives ``num_sample`` clips
+      (AMD/VideoMAEv2 ``--num_sample`` repeated augmentation: one decode, independent crops).
+    - ``sampling_rate``: stride between the ``num_frames`` frames of a clip (VideoMAE ``new_step``).
+    - ``train=True``: random start, multi-scale crop (``scales``, ``max_distort``), optional flip,
+      shuffle. ``train=False`` (eval/probe/demo): middle clip, centre square crop of the short side
+      resized to ``input_size``, no flip, reading order = shard order (``shuffle`` ignored).
+    - ``device``: ``'auto'`` = ``'cuda'`` when available else ``'cpu'``; ``'cuda:1'`` etc. accepted.
+    - ``num_workers``: eager DataLoader worker processes; ``dali_threads``: DALI CPU threads.
+    - ``shuffle_buffer``: DALI reader ``initial_fill`` (per-rank sample buffer it shuffles in).
+    - ``on_bad_sample``: ``'skip'`` (count + warn) or ``'error'`` for samples missing their video or
+      label and for videos that do not decode.
+    - ``flip``: off by default as in VideoMAE/AMD pretraining; never turn it on for SSv2-like
+      (direction-dependent) data.
+    """
+
+    shards: Union[str, Path, Sequence[Union[str, Path]]] = "shards/synthetic"
+    split: str = "train"
+    backend: str = "auto"
+    batch_size: int = 8
+    num_frames: int = 16
+    sampling_rate: int = 4
+    num_sample: int = 1
+    input_size: int = 224
+    device: str = "auto"
+    dtype: str = "float32"
+    num_workers: int = 4
+    dali_threads: int = 4
+    prefetch: int = 2
+    flip: bool = False
+    scales: Sequence[float] = field(default_factory=lambda: list(VIDEOMAE_SCALES))
+    max_distort: int = 1
+    seed: int = 0
+    shuffle: bool = True
+    shuffle_buffer: int = 1024
+    drop_last: bool = True
+    on_bad_sample: str = "skip"
+    train: bool = True
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        def need(cond, msg):
+            if not cond:
+                raise ValueError(f"DataConfig: {msg}")
+
+        need(self.backend in BACKENDS, f"backend={self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        need(self.dtype in DTYPES, f"dtype={self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        need(self.on_bad_sample in BAD_SAMPLE_POLICIES,
+             f"on_bad_sample={self.on_bad_sample!r}; choose one of {', '.join(BAD_SAMPLE_POLICIES)}")
+        for name in ("batch_size", "num_frames", "sampling_rate", "num_sample", "input_size",
+                     "dali_threads", "prefetch", "shuffle_buffer"):
+            need(int(getattr(self, name)) >= 1, f"{name}={getattr(self, name)!r} must be >= 1")
+        need(int(self.num_workers) >= 0, f"num_workers={self.num_workers!r} must be >= 0")
+        need(int(self.max_distort) >= 0, f"max_distort={self.max_distort!r} must be >= 0")
+        need(len(self.scales) >= 1 and all(0 < float(s) <= 1 for s in self.scales),
+             f"scales={list(self.scales)!r} must be a non-empty list of fractions in (0, 1]")
+
+    @property
+    def clips_per_batch(self) -> int:
+        return self.batch_size * self.num_sample
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> "DataConfig":
+        """Build from keyword arguments, naming the valid fields when one is unknown."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise TypeError(f"DataConfig: unknown field(s) {unknown}; valid fields: {sorted(names)}")
+        return cls(**kwargs)
+
+    def resolved_device(self) -> str:
+        """The torch device string the batches land on."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"

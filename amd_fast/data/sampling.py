@@ -1,0 +1,86 @@
+"""The clip-sampling and crop contract that both loaders implement.
+
+Frame indices (VideoMAE ``_sample_train_indices`` + ``_video_TSN_decord_batch_loader`` with
+``num_segments=1``, which AMD's pretraining loader reuses):
+
+- span ``L = num_frames * sampling_rate``; a video with ``N`` frames starts at
+  ``start ~ U{0 .. N-L}`` when ``N >= L`` and at 0 otherwise (train), or at
+  ``max(N-L+1, 0) // 2`` (eval: the middle clip, VideoMAE ``_sample_val_indices``).
+- frame ``i`` is ``start + min(i, kmax) * sampling_rate`` with ``kmax = (N-1-start) // sampling_rate``:
+  the reference only advances the offset while it stays inside the video, so a short video
+  repeats its last reachable frame of the stride grid (no crash, no padding with black).
+
+Repeated augmentation (``num_sample``): as in AMD / VideoMAEv2 ``__getitem__``, one clip is
+decoded per video and the crop transform is applied ``num_sample`` times to the *same* frames
+(same start, independent crops/flips). Rows are video-major: video0 crop0, video0 crop1, video1 ...
+
+Multi-scale crop (VideoMAE ``GroupMultiScaleCrop(input_size, [1, .875, .75, .66])``, defaults
+``max_distort=1, fix_crop=True, more_fix_crop=True``): crop sizes ``int(short_side * scale)``,
+snapped to ``input_size`` when within 3 px; a (height-scale i, width-scale j) pair with
+``|i-j| <= max_distort`` is drawn uniformly; the offset is one of 13 fixed grid positions in
+units of ``(W-cw)//4`` / ``(H-ch)//4``; then bilinear (antialiased) resize to input_size².
+Eval: centre crop of side ``short_side``, resized to input_size².
+
+The numpy functions here are the reference used by the eager loader and the tests; the DALI
+graph (dali_pipeline.py) computes the same quantities with DALI arithmetic from the tables below.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import numpy as np
+
+# VideoMAE GroupMultiScaleCrop.fill_fix_offset(more_fix_crop=True): (w_units, h_units) of the step.
+FIX_OFFSETS: Tuple[Tuple[int, int], ...] = (
+    (0, 0), (4, 0), (0, 4), (4, 4), (2, 2),
+    (0, 2), (4, 2), (2, 4), (2, 0),
+    (1, 1), (3, 1), (1, 3), (3, 3),
+)
+SNAP_PX = 3  # crop sizes within 3 px of input_size snap to it (reference quirk, kept)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def scale_pairs(num_scales: int, max_distort: int) -> Tuple[Tuple[int, int], ...]:
+    """(i_h, j_w) scale-index pairs the crop draws from uniformly, in the reference's order."""
+    return tuple((i, j) for i in range(num_scales) for j in range(num_scales) if abs(i - j) <= max_distort)
+
+
+def clip_start(num_video_frames: int, num_frames: int, sampling_rate: int, u: float, train: bool) -> int:
+    """First frame of the clip. ``u`` in [0, 1) is the random draw (ignored in eval)."""
+    span = num_frames * sampling_rate
+    room = num_video_frames - span + 1  # number of valid starts when > 0
+    if not train:
+        return max(room, 0) // 2
+    if room <= 0:
+        return 0
+    return min(int(u * room), room - 1)
+
+
+def clip_indices(num_video_frames: int, start: int, num_frames: int, sampling_rate: int) -> np.ndarray:
+    """Frame indices of the clip (reference clamping: repeat the last reachable stride frame)."""
+    kmax = max(num_video_frames - 1 - start, 0) // sampling_rate
+    return start + np.minimum(np.arange(num_frames), kmax) * sampling_rate
+
+
+def crop_sizes(short_side: int, input_size: int, scales: Sequence[float]) -> list:
+    sizes = [int(short_side * s) for s in scales]
+    return [input_size if abs(x - input_size) < SNAP_PX else x for x in sizes]
+
+
+def multiscale_crop_box(height: int, width: int, input_size: int, scales: Sequence[float], max_distort: int,
+                        pair_draw: int, offset_draw: int) -> Tuple[int, int, int, int]:
+    """(y0, x0, crop_h, crop_w) for draws ``pair_draw`` (index into scale_pairs) and
+    ``offset_draw`` (index into FIX_OFFSETS)."""
+    sizes = crop_sizes(min(height, width), input_size, scales)
+    i, j = scale_pairs(len(scales), max_distort)[pair_draw]
+    ch, cw = sizes[i], sizes[j]
+    a, b = FIX_OFFSETS[offset_draw]
+    return b * ((height - ch) // 4), a * ((width - cw) // 4), ch, cw
+
+
+def center_crop_box(height: int, width: int) -> Tuple[int, int, int, int]:
+    """Eval crop: the centred square of side short_side."""
+    s = min(height, width)
+    return (height - s) // 2, (width - s) // 2, s, s

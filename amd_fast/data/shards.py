@@ -1,0 +1,192 @@
+"""Find the shards of a split, list their samples from the DALI index files, validate, split by rank.
+
+Everything here reads only the manifest, the ``.idx`` files (or tar headers when a tar has no
+index) and a few bytes per tar: no video is decoded, so it is cheap at start-up even for K400.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTS = ("mp4", "webm", "mkv", "avi")
+INFO_EXT = "clipinfo"
+INFO_BYTES = 20  # 5 little-endian int32: label_index, frames, width, height, fps*1000
+
+
+class ShardError(RuntimeError):
+    """A shard file is missing, truncated or unreadable (the message names the file)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Where one sample's members live inside its tar (byte offsets of the member data)."""
+
+    tar: str
+    key: str
+    video: Tuple[int, int]  # (offset, size)
+    info: Tuple[int, int]
+    json: Optional[Tuple[int, int]] = None
+
+
+@dataclass
+class ShardSet:
+    """The tars of one split, their samples in stored order, and what the manifest says."""
+
+    tars: List[str]
+    indexes: List[str]
+    samples: List[Sample]
+    manifest: Optional[dict] = None
+    incomplete: List[str] = field(default_factory=list)  # "tar:key (missing ...)" of skipped samples
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.samples)
+
+
+def _manifest_for(shards: Union[str, Path], split: str) -> Tuple[Optional[Path], List[Path]]:
+    """(manifest path or None, tar paths) for a manifest file, a folder or a single tar."""
+    p = Path(shards)
+    if p.is_file() and p.name.endswith(".json"):
+        return p, []
+    if p.is_file() and p.suffix == ".tar":
+        return None, [p]
+    if p.is_dir():
+        m = p / f"{split}.manifest.json"
+        if m.is_file():
+            return m, []
+        tars = sorted(p.glob(f"{split}-*.tar"))
+        if tars:
+            log.warning("no %s in %s: reading its %d %s-*.tar without a manifest", m.name, p, len(tars), split)
+            return None, tars
+        raise ShardError(f"{p} has neither {m.name} nor {split}-*.tar; build shards with "
+                         f"`python -m amd_fast.shard --out {p}` or point data.shards at a manifest")
+    raise ShardError(f"shards path {p} does not exist (expected a manifest .json, a shard folder or .tar files)")
+
+
+def read_manifest(path: Path) -> dict:
+    try:
+        man = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ShardError(f"cannot read shard manifest {path}: {e}") from e
+    if not isinstance(man, dict) or "shards" not in man:
+        raise ShardError(f"{path} is not an amd_fast shard manifest (no 'shards' list)")
+    return man
+
+
+def _parse_index(idx_path: Path, tar_path: Path) -> List[Dict[str, Tuple[int, int]]]:
+    """Members of each sample from a DALI wds2idx v1.x index: [{ext: (offset, size)}]."""
+    try:
+        lines = idx_path.read_text().splitlines()
+    except OSError as e:
+        raise ShardError(f"cannot read index {idx_path}: {e}") from e
+    head = lines[0].split() if lines else []
+    if len(head) != 2 or not head[0].startswith("v1."):
+        raise ShardError(f"{idx_path} is not a DALI webdataset index (header {lines[:1]}); "
+                         f"rebuild it with `wds2idx {tar_path} {idx_path}`")
+    out = []
+    for line in lines[1:int(head[1]) + 1]:
+        parts = line.split()
+        members = {}
+        for k in range(0, len(parts) - 3, 4):  # v1.2: ext offset size name, repeated
+            members[parts[k]] = (int(parts[k + 1]), int(parts[k + 2]))
+        out.append((parts[3].split(".", 1)[0] if len(parts) >= 4 else "?", members))
+    if len(out) != int(head[1]):
+        raise ShardError(f"index {idx_path} announces {head[1]} samples but lists {len(out)}; it is truncated, "
+                         f"rebuild it with `wds2idx {tar_path} {idx_path}`")
+    return out
+
+
+def _list_tar(tar_path: Path):
+    """Same as _parse_index for a tar without index (reads every header: slower)."""
+    samples: Dict[str, Dict[str, Tuple[int, int]]] = {}
+    try:
+        with tarfile.open(tar_path) as tf:
+            for m in tf:
+                if not m.isfile():
+                    continue
+                base = m.name.rsplit("/", 1)[-1]
+                key, _, ext = base.partition(".")
+                samples.setdefault(m.name[: len(m.name) - len(base)] + key, {})[ext] = (m.offset_data, m.size)
+    except (OSError, tarfile.TarError) as e:
+        raise ShardError(f"cannot read shard {tar_path}: {e} (truncated or not a tar? rebuild the shards)") from e
+    return list(samples.items())
+
+
+def _check_tar(tar_path: Path, listing) -> None:
+    """Missing or truncated tar, from its size vs. the last member its index lists."""
+    if not tar_path.is_file():
+        raise ShardError(f"shard {tar_path} is missing; rebuild the shards (python -m amd_fast.shard ...)")
+    size = tar_path.stat().st_size
+    end = max((o + s for _, members in listing for (o, s) in members.values()), default=0)
+    if size < end:
+        raise ShardError(f"shard {tar_path} is truncated ({size} bytes, its index needs {end}); "
+                         f"re-copy or rebuild it (python -m amd_fast.shard ... --overwrite)")
+
+
+def open_shards(shards: Union[str, Path, Sequence[Union[str, Path]]], split: str = "train") -> ShardSet:
+    """Resolve ``shards`` (manifest / folder / tar list), list and validate every sample."""
+    if isinstance(shards, (list, tuple)):
+        manifest_path, tar_paths = None, [Path(t) for t in shards]
+    else:
+        manifest_path, tar_paths = _manifest_for(shards, split)
+    manifest = None
+    idx_paths: List[Optional[Path]] = [None] * len(tar_paths)
+    if manifest_path is not None:
+        manifest = read_manifest(manifest_path)
+        root = manifest_path.parent
+        tar_paths = [root / s["tar"] for s in manifest["shards"]]
+        idx_paths = [root / s["index"] if s.get("index") else None for s in manifest["shards"]]
+    if not tar_paths:
+        raise ShardError(f"no shards listed for split {split!r} in {shards}")
+
+    tars, indexes, samples, incomplete = [], [], [], []
+    for i, tar in enumerate(tar_paths):
+        idx = idx_paths[i] or tar.with_suffix(".idx")
+        if not tar.is_file():
+            raise ShardError(f"shard {tar} is missing; rebuild the shards (python -m amd_fast.shard ...)")
+        if idx.is_file():
+            listing = _parse_index(idx, tar)
+        else:
+            # DALI needs an index file; we only read the headers here and tell the user.
+            raise ShardError(f"index {idx} of shard {tar} is missing; create it with `wds2idx {tar} {idx}` "
+                             f"(or rebuild the shards)")
+        _check_tar(tar, listing)
+        n_before = len(samples)
+        for key, members in listing:
+            video = next((members[e] for e in VIDEO_EXTS if e in members), None)
+            info = members.get(INFO_EXT)
+            if video is None or info is None or info[1] != INFO_BYTES:
+                what = "video" if video is None else f"label/frame info (.{INFO_EXT})"
+                incomplete.append(f"{tar}:{key} (missing {what})")
+                continue
+            samples.append(Sample(str(tar), key, video, info, members.get("json")))
+        if len(samples) == n_before:
+            log.warning("shard %s has no complete sample", tar)
+        tars.append(str(tar))
+        indexes.append(str(idx))
+    return ShardSet(tars, indexes, samples, manifest, incomplete)
+
+
+def rank_range(num_samples: int, rank: int, world_size: int) -> Tuple[int, int]:
+    """Contiguous [begin, end) of the samples one rank reads: the split DALI's reader uses for
+    ``shard_id=rank, num_shards=world_size`` (floor(N*r/W) .. floor(N*(r+1)/W))."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world_size {world_size}")
+    return num_samples * rank // world_size, num_samples * (rank + 1) // world_size
+
+
+def read_member(tar: str, where: Tuple[int, int]) -> bytes:
+    off, size = where
+    with open(tar, "rb") as f:
+        f.seek(off)
+        data = f.read(size)
+    if len(data) != size:
+        raise ShardError(f"shard {tar} is truncated at byte {off + len(data)}; rebuild it")
+    return data

@@ -1,0 +1,122 @@
+"""python -m amd_fast.shard — build WebDataset video shards (see shards/FORMAT.md).
+
+Examples::
+
+    python -m amd_fast.shard --src synthetic                          # demo data -> shards/synthetic
+    python -m amd_fast.shard --src kinetics400 --root /data/k400      # copy videos as they are
+    python -m amd_fast.shard --src ssv2 --root /data/ssv2 --codec vp9 --short-side 224 --gop 8 --workers 16
+    python -m amd_fast.shard --src kinetics400 --root /data/k400 --verify   # re-check what was built
+
+Exit codes: 0 ok, 1 build error / too many failed videos / verification problems, 2 bad usage,
+130 interrupted (rerun the same command to resume).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .build import TooManyFailures, build_shards_report
+from .options import CODECS, SOURCES, ShardOptions
+from .plan import PlanMismatch
+from .sources import LayoutError, UnknownLabelError
+from .verify import verify_shards
+
+log = logging.getLogger("amd_fast.shard")
+
+
+def _size(text: str) -> int:
+    """'500M', '2G', '1048576' -> bytes."""
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().rstrip("B")
+    return int(float(t[:-1]) * mult[t[-1]]) if t and t[-1] in mult else int(t)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m amd_fast.shard", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--src", choices=SOURCES, default="synthetic", help="dataset layout")
+    p.add_argument("--root", type=Path, help="dataset folder (all sources but synthetic/csv)")
+    p.add_argument("--list", dest="list_file", type=Path, help="--src csv: CSV with header path,label[,split]")
+    p.add_argument("--classes", dest="classes_file", type=Path,
+                   help="text file, one class name per line (index = line); overrides the layout's own list")
+    p.add_argument("--out", type=Path, help="output folder (default: shards/<src>)")
+    p.add_argument("--splits", help="comma-separated splits (default: train,val; ucf101/hmdb51: train,test)")
+    p.add_argument("--fold", type=int, default=1, help="ucf101/hmdb51 official split number (1-3)")
+    p.add_argument("--samples-per-shard", type=int, default=256)
+    p.add_argument("--shard-bytes", type=_size, help="close a shard at this many source bytes (e.g. 1G)")
+    p.add_argument("--workers", type=int, default=2, help="encoder processes (0 = in this process)")
+    p.add_argument("--codec", choices=CODECS, help="default: vp9 for synthetic, copy for real datasets")
+    p.add_argument("--short-side", type=int, help="resize so the short side is this (re-encoding codecs)")
+    p.add_argument("--gop", type=int, help="keyframe interval (re-encoding codecs)")
+    p.add_argument("--limit", type=int, help="at most this many videos per split (after the seeded shuffle)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="delete this tool's files for the splits and rebuild")
+    p.add_argument("--max-failures", type=int, help="videos a split may skip before the run fails (default 5%%)")
+    p.add_argument("--verify", action="store_true", help="after building (or resuming), re-read and check every shard")
+    p.add_argument("--synthetic-count", type=int, default=320, help="total clips; a quarter go to val")
+    p.add_argument("--synthetic-frames", type=int, default=32)
+    p.add_argument("--synthetic-size", type=int, default=80)
+    p.add_argument("--synthetic-classes", type=int, default=4, help="motion directions")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+def options_from_args(a: argparse.Namespace) -> ShardOptions:
+    return ShardOptions(
+        src=a.src, root=a.root, list_file=a.list_file, classes_file=a.classes_file, out=a.out,
+        splits=tuple(s.strip() for s in a.splits.split(",") if s.strip()) if a.splits else None,
+        samples_per_shard=a.samples_per_shard, shard_bytes=a.shard_bytes, workers=a.workers, codec=a.codec,
+        short_side=a.short_side, gop=a.gop, limit=a.limit, seed=a.seed, fold=a.fold, overwrite=a.overwrite,
+        max_failures=a.max_failures, verify=a.verify, progress=not a.no_progress,
+        synthetic_count=a.synthetic_count, synthetic_frames=a.synthetic_frames,
+        synthetic_size=a.synthetic_size, synthetic_classes=a.synthetic_classes)
+
+
+def _summary(report) -> str:
+    lines = []
+    ok = failed = encoded = 0
+    for split, s in report.splits.items():
+        lines.append(f"  {split:>6}: {s.videos_ok} videos ok, {s.videos_failed} failed, {s.shards} shards "
+                     f"({s.shards_kept} kept from a previous run), {s.bytes / 1e6:.1f} MB")
+        ok, failed, encoded = ok + s.videos_ok, failed + s.videos_failed, encoded + s.encoded
+    rate = encoded / report.wall_s if report.wall_s > 0 else 0.0
+    lines.append(f"  total: {ok} ok, {failed} failed; {encoded} videos processed in {report.wall_s:.1f} s "
+                 f"({rate:.1f} videos/s)")
+    for split, m in report.manifests.items():
+        lines.append(f"  {split} manifest: {m}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        opts = options_from_args(a).resolved()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        report = build_shards_report(opts)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished shards are kept; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (LayoutError, UnknownLabelError, PlanMismatch, TooManyFailures, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print("summary:\n" + _summary(report))
+    if opts.verify:
+        rep = verify_shards(opts.out, workers=opts.workers, progress=opts.progress)
+        print(f"verify: {rep.manifests} manifests, {rep.shards} shards, {rep.samples} samples, "
+              f"{len(rep.problems)} problems")
+        for p in rep.problems[:50]:
+            print(f"  {p}")
+        if rep.problems:
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

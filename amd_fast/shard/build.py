@@ -1,0 +1,260 @@
+"""build_shards: plan -> encode in worker processes -> one writer -> manifest.
+
+Workers (``multiprocessing`` spawn pool; ``workers=0`` runs in-process) turn one planned
+video into encoded bytes or a failure reason; the parent consumes results in plan order
+(``imap``) and is the only process that writes files, so shards come out deterministic.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import signal
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from . import sources, synthetic
+from .manifest import ShardLog, failures_path, journal_path, manifest_path, read_jsonl, write_manifest
+from .options import ShardOptions
+from .plan import PlannedVideo, check_or_write_plan, plan_dict, plan_split
+from .transcode import EncodedVideo, VideoError, copy_video, encode_frames, transcode_video
+from .writer import ShardWriter, finished_shard, read_index, sample_keys, tmp_path
+
+log = logging.getLogger(__name__)
+
+
+class TooManyFailures(RuntimeError):
+    pass
+
+
+@dataclass
+class SplitStats:
+    videos_ok: int = 0
+    videos_failed: int = 0
+    shards: int = 0
+    shards_kept: int = 0
+    bytes: int = 0
+    encoded: int = 0  # videos processed in this run (for videos/s)
+
+
+@dataclass
+class BuildReport:
+    splits: Dict[str, SplitStats] = field(default_factory=dict)
+    manifests: Dict[str, Path] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+def load_index(o: ShardOptions) -> sources.SourceIndex:
+    if o.src == "synthetic":
+        return synthetic.synthetic_index(o.splits, o.synthetic_count, o.synthetic_classes, o.seed)
+    if o.src == "kinetics400":
+        return sources.load_kinetics400(o.root, o.splits, o.classes_file)
+    if o.src == "ssv2":
+        return sources.load_ssv2(o.root, o.splits)
+    if o.src == "ucf101":
+        return sources.load_ucf101(o.root, o.splits, o.fold)
+    if o.src == "hmdb51":
+        return sources.load_hmdb51(o.root, o.splits, o.fold)
+    if o.src == "csv":
+        return sources.load_csv(o.list_file, o.splits, o.root, o.classes_file)
+    return sources.load_folder(o.root, o.splits)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything a worker needs for one video (picklable)."""
+
+    ordinal: int
+    record: sources.VideoRecord
+    codec: str
+    short_side: Optional[int]
+    gop: Optional[int]
+    seed: int
+    synthetic: Optional[tuple]  # (classes, frames, size) for --src synthetic
+
+
+def _encode(job: _Job):
+    """Worker: -> (ordinal, EncodedVideo | None, failure reason | None). Never raises."""
+    try:
+        if job.synthetic is not None:
+            classes, frames, size = job.synthetic
+            clip = synthetic.render_clip(job.record.source, job.record.label, classes=classes, frames=frames,
+                                         size=size, seed=job.seed)
+            w, h = (size, size) if job.short_side is None else (job.short_side, job.short_side)
+            return job.ordinal, encode_frames(clip, w, h, synthetic.FPS, job.codec, job.gop), None
+        if job.codec == "copy":
+            return job.ordinal, copy_video(job.record.path), None
+        return job.ordinal, transcode_video(job.record.path, job.codec, job.short_side, job.gop), None
+    except VideoError as e:
+        return job.ordinal, None, str(e)
+    except Exception as e:  # a worker must report, not die: one odd file must not stop the run
+        return job.ordinal, None, f"{type(e).__name__}: {e}"
+
+
+def _members(v: EncodedVideo, label: int, classes, source: str) -> list:
+    meta = {"label": classes[label], "label_index": label, "frames": v.frames, "fps": v.fps, "width": v.width,
+            "height": v.height, "codec": v.codec, "container": v.container, "source": source}
+    clipinfo = struct.pack("<5i", label, v.frames, v.width, v.height, round(v.fps * 1000))
+    return [(v.container, v.data), ("cls", str(label).encode()), ("json", json.dumps(meta).encode()),
+            ("clipinfo", clipinfo)]
+
+
+def _display_source(rec: sources.VideoRecord, root: Optional[Path]) -> str:
+    if rec.path is not None and root is not None:
+        try:
+            return str(rec.path.relative_to(root))
+        except ValueError:
+            pass
+    return rec.source
+
+
+def _shard_paths(out: Path, split: str, i: int):
+    return out / f"{split}-{i:06d}.tar", out / f"{split}-{i:06d}.idx"
+
+
+def _remove_split(out: Path, split: str) -> None:
+    """--overwrite: delete only files this tool writes for ``split``."""
+    for p in list(out.glob(f"{split}-[0-9]*.tar*")) + list(out.glob(f"{split}-[0-9]*.idx*")):
+        p.unlink()
+    for name in (f"{split}.manifest.json", f"{split}.failures.jsonl", f"{split}.plan.json", f"{split}.progress.jsonl"):
+        (out / name).unlink(missing_ok=True)
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class _Pool:
+    """imap over jobs in a spawn pool, or inline when workers == 0."""
+
+    def __init__(self, workers: int):
+        # Workers ignore Ctrl-C: the parent alone handles it (aborts the open shard, then terminates them).
+        self.pool = mp.get_context("spawn").Pool(workers, initializer=_ignore_sigint) if workers > 0 else None
+
+    def imap(self, jobs):
+        return self.pool.imap(_encode, jobs, chunksize=1) if self.pool else map(_encode, jobs)
+
+    def close(self, terminate: bool = False) -> None:
+        if self.pool:
+            (self.pool.terminate if terminate else self.pool.close)()
+            self.pool.join()
+
+
+def _build_split(o: ShardOptions, index: sources.SourceIndex, split: str, pool: _Pool, stats: SplitStats) -> Path:
+    out = o.out
+    records = index.splits[split]
+    planned = plan_split(records, split, o.seed, o.samples_per_shard, o.shard_bytes, o.limit)
+    n_videos = sum(len(s) for s in planned)
+    if n_videos == 0:
+        raise sources.LayoutError(f"split {split!r} of --src {o.src} has no videos")
+    options = {**o.content_dict(), "split": split}
+    if o.overwrite:
+        _remove_split(out, split)
+    elif not (out / f"{split}.plan.json").exists() and any(out.glob(f"{split}-[0-9]*.tar")):
+        raise RuntimeError(f"{out} holds {split} shards but no {split}.plan.json, so it cannot tell how they "
+                           "were built. Rerun with --overwrite to rebuild them, or pick another --out")
+    resumed = check_or_write_plan(out / f"{split}.plan.json", plan_dict(options, index.classes, planned))
+
+    # A shard is finished iff its tar + idx are consistent, its keys are the planned ones and
+    # the journal recorded it (with the same size) when it was closed.
+    journal = {r["shard"]: r for r in read_jsonl(journal_path(out, split))} if resumed else {}
+    done: Dict[int, dict] = {}
+    for i, shard in enumerate(planned):
+        tar, idx = _shard_paths(out, split, i)
+        found = finished_shard(tar, idx) if i in journal else None
+        rec = journal.get(i, {})
+        if (found is not None and (rec.get("samples"), rec.get("bytes")) == found
+                and set(sample_keys(read_index(idx))) <= {v.key for v in shard}):
+            done[i] = {k: rec[k] for k in ("tar", "index", "samples", "bytes", "sha256")}
+        else:  # unfinished: clear leftovers so a shard that now fails entirely leaves nothing behind
+            for p in (tar, idx, tmp_path(tar), tmp_path(idx)):
+                p.unlink(missing_ok=True)
+    failures = ShardLog(failures_path(out, split), set(done))
+    finished = ShardLog(journal_path(out, split), set(done))
+    stats.shards_kept = len(done)
+    stats.videos_ok += sum(s["samples"] for s in done.values())
+    stats.videos_failed = failures.count
+    limit = o.max_failures_for(n_videos)
+    if done:
+        log.info("%s: keeping %d finished shard(s) of %d", split, len(done), len(planned))
+
+    todo = [i for i in range(len(planned)) if i not in done]
+    jobs = [_Job(v.ordinal, v.record, o.codec, o.short_side, o.gop, o.seed,
+                 (o.synthetic_classes, o.synthetic_frames, o.synthetic_size) if o.src == "synthetic" else None)
+            for i in todo for v in planned[i]]
+    by_ordinal = {v.ordinal: (i, v) for i in todo for v in planned[i]}
+    remaining = {i: len(planned[i]) for i in todo}
+    writers: Dict[int, ShardWriter] = {}
+    bar = _progress(len(jobs), f"{split}", o.progress)
+    try:
+        for ordinal, video, reason in pool.imap(jobs):
+            i, pv = by_ordinal[ordinal]
+            stats.encoded += 1
+            if video is None:
+                failures.add(source=_display_source(pv.record, o.root), reason=reason, shard=i)
+                stats.videos_failed += 1
+                log.debug("skipped %s: %s", pv.record.source, reason)
+                if stats.videos_failed > limit:
+                    raise TooManyFailures(
+                        f"{split}: {stats.videos_failed} videos failed, more than --max-failures {limit} "
+                        f"(last: {pv.record.source}: {reason}). See {failures_path(out, split)}; finished shards are "
+                        "kept, fix or remove the bad inputs (or raise --max-failures) and rerun to resume")
+            else:
+                if i not in writers:
+                    writers[i] = ShardWriter(*_shard_paths(out, split, i))
+                writers[i].add(pv.key, _members(video, pv.record.label, index.classes, _display_source(pv.record, o.root)))
+                stats.videos_ok += 1
+            remaining[i] -= 1
+            if remaining[i] == 0:
+                if i in writers:
+                    done[i] = writers.pop(i).close().as_dict()
+                    finished.add(shard=i, **done[i])
+                else:
+                    log.warning("%s: shard %d has no readable video; not written", split, i)
+            bar.update(1)
+            bar.set_postfix(ok=stats.videos_ok, failed=stats.videos_failed, refresh=False)
+    finally:
+        bar.close()
+        for w in writers.values():
+            w.abort()
+        failures.close()
+        finished.close()
+    shards = [done[i] for i in sorted(done)]
+    stats.shards = len(shards)
+    stats.bytes = sum(s["bytes"] for s in shards)
+    return write_manifest(manifest_path(out, split), source=o.src, split=split, classes=index.classes,
+                          shards=shards, num_failures=stats.videos_failed, options=options)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="video", disable=not enabled, dynamic_ncols=True)
+
+
+def build_shards_report(opts: ShardOptions) -> BuildReport:
+    """Like :func:`build_shards`, also returning per-split counts and the wall time."""
+    t0 = time.perf_counter()
+    o = opts.resolved()
+    index = load_index(o)
+    o.out.mkdir(parents=True, exist_ok=True)
+    report = BuildReport()
+    pool = _Pool(o.workers)
+    ok = False
+    try:
+        for split in o.splits:
+            report.splits[split] = SplitStats()
+            report.manifests[split] = _build_split(o, index, split, pool, report.splits[split])
+        ok = True
+    finally:
+        pool.close(terminate=not ok)
+    report.wall_s = time.perf_counter() - t0
+    return report
+
+
+def build_shards(opts: ShardOptions) -> Dict[str, Path]:
+    """Build (or resume) the shards described by ``opts``; returns split -> manifest path."""
+    return build_shards_report(opts).manifests

@@ -1,0 +1,351 @@
+"""Dataset layouts -> labelled video records.
+
+Each ``load_*`` function reads one on-disk layout and returns a :class:`SourceIndex`:
+the class names (index = position) and, per requested split, the list of
+:class:`VideoRecord`. Missing roots or annotation files raise :class:`LayoutError`
+naming the expected layout; a video file listed in the annotations but absent on disk
+is kept as a record (it becomes a logged failure, like any unreadable video), because
+real Kinetics/SSv2 downloads always miss some videos.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
+
+
+class LayoutError(ValueError):
+    """The dataset folder does not look like the layout asked for."""
+
+
+class UnknownLabelError(ValueError):
+    """A record's label is not in the class list."""
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One input video. ``path`` is None for synthetic clips (``source`` names them)."""
+
+    source: str  # what the failures log and the sample json call it (path or synthetic://...)
+    label: int
+    stem: str  # raw name the key is derived from (made tar-safe by keys.make_keys)
+    path: Optional[Path] = None
+    size: int = 0  # source bytes (0 if missing); used by --shard-bytes
+
+
+@dataclass
+class SourceIndex:
+    classes: List[str]
+    splits: Dict[str, List[VideoRecord]]
+
+
+def _require(path: Path, layout: str) -> Path:
+    if not path.exists():
+        raise LayoutError(f"{path} not found. Expected layout:\n{layout}")
+    return path
+
+
+def _record(path: Path, label: int, stem: Optional[str] = None) -> VideoRecord:
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = 0
+    return VideoRecord(source=str(path), label=label, stem=stem or path.stem, path=path, size=size)
+
+
+def _index_of(classes: Sequence[str]) -> Dict[str, int]:
+    return {c: i for i, c in enumerate(classes)}
+
+
+def _label(lookup: Dict[str, int], name: str, where: str) -> int:
+    try:
+        return lookup[name]
+    except KeyError:
+        raise UnknownLabelError(
+            f"unknown label {name!r} in {where}: not in the class list ({len(lookup)} classes). "
+            "Fix the annotation, or pass --classes FILE listing every class"
+        ) from None
+
+
+def _check_splits(splits: Sequence[str], allowed: Sequence[str], src: str) -> None:
+    bad = [s for s in splits if s not in allowed]
+    if bad:
+        raise LayoutError(f"--src {src} has splits {', '.join(allowed)}; got {', '.join(bad)}")
+
+
+def read_classes_file(path: Path) -> List[str]:
+    """One class name per line; the line order is the class index."""
+    names = [l.strip() for l in _require(path, "a text file with one class name per line").read_text().splitlines()]
+    names = [n for n in names if n]
+    if len(set(names)) != len(names):
+        raise LayoutError(f"{path}: duplicate class names")
+    return names
+
+
+# --- Kinetics-400 -------------------------------------------------------------------------
+
+K400_CVDF = """  ROOT/annotations/{train,val,test}.csv   (label,youtube_id,time_start,time_end,split)
+  ROOT/{train,val,test}/<youtube_id>_<start:06d>_<end:06d>.mp4
+or the VideoMAE list layout:
+  ROOT/{train,val,test}.csv               ('<path> <label>' per line; label = index or name)"""
+
+
+def load_kinetics400(root: Path, splits: Sequence[str], classes_file: Optional[Path] = None) -> SourceIndex:
+    """CVDF download (annotations/*.csv) or the VideoMAE list layout (ROOT/<split>.csv)."""
+    _require(root, K400_CVDF)
+    if (root / "annotations").is_dir():
+        return _load_k400_cvdf(root, splits, classes_file)
+    if any((root / f"{s}.csv").exists() for s in splits):
+        return load_list_layout(root, splits, classes_file, layout=K400_CVDF)
+    raise LayoutError(f"{root} has neither annotations/ nor {'/'.join(s + '.csv' for s in splits)}. "
+                      f"Expected layout:\n{K400_CVDF}")
+
+
+def _load_k400_cvdf(root: Path, splits: Sequence[str], classes_file: Optional[Path]) -> SourceIndex:
+    _check_splits(splits, ("train", "val", "test"), "kinetics400")
+    rows: Dict[str, List[dict]] = {}
+    for split in ("train", "val", "test"):
+        ann = root / "annotations" / f"{split}.csv"
+        if split in splits:
+            _require(ann, K400_CVDF)
+        if ann.exists():
+            with ann.open(newline="") as f:
+                reader = csv.DictReader(f)
+                need = {"label", "youtube_id", "time_start", "time_end"}
+                if not need <= set(reader.fieldnames or ()):
+                    raise LayoutError(f"{ann}: header must contain {sorted(need)}; got {reader.fieldnames}. "
+                                      f"Expected layout:\n{K400_CVDF}")
+                rows[split] = list(reader)
+    if classes_file:
+        classes = read_classes_file(classes_file)
+    else:
+        # The CVDF annotations carry label names only; sorted names are the de-facto index
+        # order (what the VideoMAE/mmaction lists use). Union over all annotation files
+        # present, so train and val share one class list.
+        classes = sorted({r["label"] for rs in rows.values() for r in rs if r.get("label")})
+    log.info("kinetics400: %d classes%s", len(classes), "" if len(classes) == 400 else " (not the 400 of the full dataset)")
+    lookup = _index_of(classes)
+    out = {}
+    for split in splits:
+        recs = []
+        for line, r in enumerate(rows[split], start=2):
+            name = f"{r['youtube_id']}_{int(float(r['time_start'])):06d}_{int(float(r['time_end'])):06d}"
+            label = _label(lookup, r["label"], f"annotations/{split}.csv line {line}")
+            path = root / split / f"{name}.mp4"
+            if not path.exists():  # some mirrors keep class sub-folders
+                alt = root / split / r["label"] / f"{name}.mp4"
+                path = alt if alt.exists() else path
+            recs.append(_record(path, label, name))
+        out[split] = recs
+    return SourceIndex(classes, out)
+
+
+def load_list_layout(root: Path, splits: Sequence[str], classes_file: Optional[Path], layout: str) -> SourceIndex:
+    """VideoMAE lists: ``<path> <label>`` per line (space-separated, the path may hold spaces).
+
+    Labels that are all integers are class indices (names from --classes FILE, else ROOT/classes.txt
+    or labels.txt if present, else "0", "1", ...); otherwise they are class names, sorted.
+    """
+    lines: Dict[str, List[tuple]] = {}
+    for split in splits:
+        f = _require(root / f"{split}.csv", layout)
+        entries = []
+        for n, line in enumerate(f.read_text().splitlines(), start=1):
+            line = line.strip()
+            if not line:
+                continue
+            parts = line.rsplit(None, 1)
+            if len(parts) != 2:
+                raise LayoutError(f"{f} line {n}: expected '<path> <label>', got {line!r}")
+            entries.append((parts[0], parts[1], f"{f.name} line {n}"))
+        lines[split] = entries
+    all_labels = [lab for es in lines.values() for _, lab, _ in es]
+    numeric = all(re.fullmatch(r"\d+", lab) for lab in all_labels)
+    if classes_file is None:
+        for cand in ("classes.txt", "labels.txt"):
+            if (root / cand).exists():
+                classes_file = root / cand
+                break
+    if classes_file is not None:
+        classes = read_classes_file(classes_file)
+    elif numeric:
+        classes = [str(i) for i in range(max(int(l) for l in all_labels) + 1)] if all_labels else []
+    else:
+        classes = sorted(set(all_labels))
+    lookup = _index_of(classes)
+    out = {}
+    for split, entries in lines.items():
+        recs = []
+        for p, lab, where in entries:
+            if numeric:
+                idx = int(lab)
+                if idx >= len(classes):
+                    raise UnknownLabelError(f"unknown label {lab} in {where}: only {len(classes)} classes")
+            else:
+                idx = _label(lookup, lab, where)
+            path = Path(p) if Path(p).is_absolute() else root / p
+            recs.append(_record(path, idx))
+        out[split] = recs
+    log.info("list layout: %d classes", len(classes))
+    return SourceIndex(classes, out)
+
+
+# --- Something-Something v2 ---------------------------------------------------------------
+
+SSV2 = """  ROOT/something-something-v2-labels.json       ({"<template>": "<index>", ...})
+  ROOT/something-something-v2-train.json        ([{"id", "label", "template", ...}, ...])
+  ROOT/something-something-v2-validation.json
+  ROOT/<id>.webm  or  ROOT/20bn-something-something-v2/<id>.webm"""
+
+
+def load_ssv2(root: Path, splits: Sequence[str]) -> SourceIndex:
+    """20bn layout; class indices are the official ones from the labels json."""
+    _require(root, SSV2)
+    _check_splits(splits, ("train", "val"), "ssv2")
+    labels = json.loads(_require(root / "something-something-v2-labels.json", SSV2).read_text())
+    by_index = sorted(((int(v), k) for k, v in labels.items()))
+    if [i for i, _ in by_index] != list(range(len(by_index))):
+        raise LayoutError(f"{root}/something-something-v2-labels.json: indices must be 0..N-1")
+    classes = [k for _, k in by_index]
+    lookup = _index_of(classes)
+    video_dir = root / "20bn-something-something-v2"
+    video_dir = video_dir if video_dir.is_dir() else root
+    out = {}
+    for split in splits:
+        fname = "something-something-v2-" + ("train" if split == "train" else "validation") + ".json"
+        items = json.loads(_require(root / fname, SSV2).read_text())
+        recs = []
+        for n, it in enumerate(items):
+            # The labels json keys are the templates with the [brackets] removed.
+            name = it["template"].replace("[", "").replace("]", "")
+            recs.append(_record(video_dir / f"{it['id']}.webm", _label(lookup, name, f"{fname} item {n}")))
+        out[split] = recs
+    log.info("ssv2: %d classes", len(classes))
+    return SourceIndex(classes, out)
+
+
+# --- UCF101 / HMDB51 ----------------------------------------------------------------------
+
+UCF101 = """  ROOT/ucfTrainTestlist/classInd.txt              ('1 ApplyEyeMakeup' per line)
+  ROOT/ucfTrainTestlist/trainlist0N.txt           ('ApplyEyeMakeup/v_..._g08_c01.avi 1')
+  ROOT/ucfTrainTestlist/testlist0N.txt            ('ApplyEyeMakeup/v_..._g01_c01.avi')
+  ROOT/UCF-101/<Class>/<video>.avi  or  ROOT/<Class>/<video>.avi"""
+
+
+def load_ucf101(root: Path, splits: Sequence[str], fold: int) -> SourceIndex:
+    _require(root, UCF101)
+    _check_splits(splits, ("train", "test"), "ucf101")
+    lists = root / "ucfTrainTestlist"
+    classes = []
+    for line in _require(lists / "classInd.txt", UCF101).read_text().splitlines():
+        if line.strip():
+            idx, name = line.split()
+            if int(idx) != len(classes) + 1:
+                raise LayoutError(f"{lists}/classInd.txt: indices must run 1..N in order")
+            classes.append(name)
+    lookup = _index_of(classes)
+    video_dir = root / "UCF-101" if (root / "UCF-101").is_dir() else root
+    out = {}
+    for split in splits:
+        f = _require(lists / f"{split}list{fold:02d}.txt", UCF101)
+        recs = []
+        for n, line in enumerate(f.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            rel = line.split()[0]
+            # testlists carry no index: the class is the folder (the official convention).
+            recs.append(_record(video_dir / rel, _label(lookup, rel.split("/")[0], f"{f.name} line {n}")))
+        out[split] = recs
+    log.info("ucf101 fold %d: %d classes", fold, len(classes))
+    return SourceIndex(classes, out)
+
+
+HMDB51 = """  ROOT/testTrainMulti_7030_splits/<class>_test_split{1,2,3}.txt   ('<video>.avi <0|1|2>'; 1=train 2=test)
+  ROOT/hmdb51_org/<class>/<video>.avi  or  ROOT/<class>/<video>.avi"""
+
+
+def load_hmdb51(root: Path, splits: Sequence[str], fold: int) -> SourceIndex:
+    _require(root, HMDB51)
+    _check_splits(splits, ("train", "test"), "hmdb51")
+    split_dir = _require(root / "testTrainMulti_7030_splits", HMDB51)
+    files = sorted(split_dir.glob(f"*_test_split{fold}.txt"))
+    if not files:
+        raise LayoutError(f"no *_test_split{fold}.txt in {split_dir}. Expected layout:\n{HMDB51}")
+    classes = sorted(f.name[: -len(f"_test_split{fold}.txt")] for f in files)
+    lookup = _index_of(classes)
+    video_dir = root / "hmdb51_org" if (root / "hmdb51_org").is_dir() else root
+    want = {"train": "1", "test": "2"}
+    out = {s: [] for s in splits}
+    for f in files:
+        cls = f.name[: -len(f"_test_split{fold}.txt")]
+        for line in f.read_text().splitlines():
+            parts = line.split()
+            if len(parts) != 2:
+                continue
+            for split in splits:
+                if parts[1] == want[split]:
+                    out[split].append(_record(video_dir / cls / parts[0], lookup[cls]))
+    log.info("hmdb51 fold %d: %d classes", fold, len(classes))
+    return SourceIndex(classes, out)
+
+
+# --- generic CSV / folder -----------------------------------------------------------------
+
+CSV_LAYOUT = """  LIST.csv with a header 'path,label' and an optional 'split' column;
+  relative paths are resolved against --root (default: the CSV's folder)"""
+
+
+def load_csv(list_file: Path, splits: Sequence[str], root: Optional[Path], classes_file: Optional[Path]) -> SourceIndex:
+    """Rows without a split column go to the first requested split."""
+    _require(list_file, CSV_LAYOUT)
+    base = root or list_file.parent
+    with list_file.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not {"path", "label"} <= set(reader.fieldnames or ()):
+            raise LayoutError(f"{list_file}: header must contain path,label; got {reader.fieldnames}. "
+                              f"Expected layout:\n{CSV_LAYOUT}")
+        rows = [(r["path"], r["label"].strip(), (r.get("split") or splits[0]).strip(), n)
+                for n, r in enumerate(reader, start=2)]
+    classes = read_classes_file(classes_file) if classes_file else sorted({lab for _, lab, _, _ in rows})
+    lookup = _index_of(classes)
+    out = {s: [] for s in splits}
+    for p, lab, split, n in rows:
+        if split in out:
+            path = Path(p) if Path(p).is_absolute() else base / p
+            out[split].append(_record(path, _label(lookup, lab, f"{list_file.name} line {n}")))
+    log.info("csv: %d classes", len(classes))
+    return SourceIndex(classes, out)
+
+
+FOLDER = """  ROOT/<class>/<video>            (everything goes to the first split), or
+  ROOT/<split>/<class>/<video>    (one sub-folder per requested split)"""
+
+
+def load_folder(root: Path, splits: Sequence[str]) -> SourceIndex:
+    """Class = sub-folder name; classes are the sorted union over the splits."""
+    _require(root, FOLDER)
+    per_split = all((root / s).is_dir() for s in splits)
+    dirs = {s: (root / s if per_split else root) for s in splits}
+    if not per_split and len(splits) > 1:
+        raise LayoutError(f"{root} has no {'/'.join(splits)} sub-folders. Expected layout:\n{FOLDER}")
+    classes = sorted({d.name for base in dirs.values() for d in base.iterdir() if d.is_dir()})
+    if not classes:
+        raise LayoutError(f"{root} has no class sub-folders. Expected layout:\n{FOLDER}")
+    out = {}
+    for split, base in dirs.items():
+        recs = []
+        for i, cls in enumerate(classes):
+            d = base / cls
+            if d.is_dir():
+                recs += [_record(p, i) for p in sorted(d.iterdir()) if p.suffix.lower() in VIDEO_EXTS]
+        out[split] = recs
+    log.info("folder: %d classes", len(classes))
+    return SourceIndex(classes, out)

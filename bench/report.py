@@ -1,0 +1,277 @@
+"""Write one bench run as JSON (the record), Markdown (the table) and PNG (the chart).
+
+The JSON is the source of truth: ``{"environment", "settings", "entries", "notes"}``
+with one entry per measured (or deliberately unmeasured) path, so any ratio can be
+recomputed from it. The Markdown and the PNG are derived from the same entries.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+
+PARTS = ("loaders", "kernels", "train")
+
+
+def output_stem(out_dir: Path, env: dict) -> Path:
+    """``<out>/<device>-<YYYY-MM-DD>``; the same device and day overwrites (latest run wins)."""
+    return Path(out_dir) / f"{env['device_label']}-{env['date'][:10]}"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    # Never leave a half-written record behind if the run is interrupted while writing.
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_all(record: dict, out_dir: Path) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = output_stem(out_dir, record["environment"])
+    paths = {ext: stem.with_suffix("." + ext) for ext in ("json", "md", "png")}
+    _atomic_write(paths["json"], (json.dumps(record, indent=2, default=str) + "\n").encode())
+    _atomic_write(paths["md"], markdown(record).encode())
+    png_tmp = paths["png"].with_name(paths["png"].name + ".tmp")
+    chart(record, png_tmp)
+    os.replace(png_tmp, paths["png"])
+    return paths
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        if v == 0 or math.isnan(v):
+            return f"{v:g}"
+        mag = math.floor(math.log10(abs(v)))
+        return f"{v:.{max(0, digits - 1 - mag)}f}" if mag < digits else f"{v:,.0f}"
+    return str(v)
+
+
+def _bytes(v) -> str:
+    if v is None:
+        return "–"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(v) < 1024 or unit == "GiB":
+            return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
+        v /= 1024
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _spread(e: dict, key: str) -> str:
+    s = e.get(key)
+    return f"{_fmt(s[0])}–{_fmt(s[1])}" if s else "–"
+
+
+# ----------------------------------------------------------------------------- ratios
+
+
+def kernel_speedups(entries: list[dict]) -> dict[tuple[str, str], dict[str, float]]:
+    """(op, shape) -> {impl: amd_reference time / impl time} for the measured kernel rows."""
+    by_key: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    for e in entries:
+        if e["part"] == "kernels" and e.get("ms_median"):
+            by_key[(e["op"], e["shape"])][e["impl"]] = e["ms_median"]
+    out = {}
+    for key, times in by_key.items():
+        ref = times.get("amd_reference")
+        out[key] = {impl: ref / t for impl, t in times.items() if ref}
+    return out
+
+
+def loader_speedups(entries: list[dict]) -> dict[int, float]:
+    """workers -> DALI clips/s ÷ eager clips/s at the same worker/thread count."""
+    rates: dict[int, dict[str, float]] = defaultdict(dict)
+    for e in entries:
+        if e["part"] == "loaders" and e.get("clips_per_s"):
+            rates[e["workers"]][e["backend"]] = e["clips_per_s"]
+    return {w: r["dali"] / r["eager"] for w, r in sorted(rates.items()) if "dali" in r and "eager" in r}
+
+
+def train_speedups(entries: list[dict]) -> dict[str, float]:
+    """model pair -> fast clips/s ÷ all-eager clips/s."""
+    rates: dict[str, dict[str, float]] = defaultdict(dict)
+    for e in entries:
+        if e["part"] == "train" and e.get("clips_per_s"):
+            rates[e["model"]][e["path"]] = e["clips_per_s"]
+    return {m: r["fast"] / r["eager"] for m, r in rates.items() if "fast" in r and "eager" in r}
+
+
+# ----------------------------------------------------------------------------- markdown
+
+
+def _md_loaders(entries: list[dict]) -> str:
+    rows, decode = [], []
+    for e in entries:
+        if e.get("kind") == "decode":
+            decode.append([e["backend"], str(e.get("threads", "–")), _fmt(e.get("frames_per_s")), _spread(e, "frames_per_s_spread"),
+                           str(e.get("videos", "–")), e.get("status", "measured")])
+        else:
+            rows.append([e["backend"], str(e["workers"]), str(e.get("batch_size", "–")),
+                         _fmt(e.get("clips_per_s")), _spread(e, "clips_per_s_spread"), e.get("status", "measured")])
+    out = ["### Loading (clips/s, higher is better)", "",
+           _table(["loader", "workers/threads", "batch", "clips/s (median)", "min–max", "status"], rows)]
+    ratios = loader_speedups(entries)
+    if ratios:
+        out += ["", "DALI ÷ eager at equal workers: " + ", ".join(f"{w}: ×{_fmt(r)}" for w, r in ratios.items())]
+    if decode:
+        out += ["", "Decode limit (codec alone, frames/s):", "",
+                _table(["decoder", "threads", "frames/s (median)", "min–max", "videos", "status"], decode)]
+    return "\n".join(out)
+
+
+def _md_kernels(entries: list[dict]) -> str:
+    speed = kernel_speedups(entries)
+    rows = []
+    for e in entries:
+        ratio = speed.get((e["op"], e["shape"]), {}).get(e["impl"])
+        rows.append([e["op"], e["shape"], str(e.get("batch", "–")), e["impl"], _fmt(e.get("ms_median")),
+                     _spread(e, "ms_spread"), f"×{_fmt(ratio)}" if ratio else "–",
+                     _bytes(e.get("bytes_modeled")), _fmt(e.get("gbps")),
+                     _fmt(100 * e["bw_fraction"]) + " %" if e.get("bw_fraction") is not None else "–",
+                     _bytes(e.get("peak_mem_bytes")), e.get("status", "measured")])
+    return "\n".join(["### Kernels (forward + backward, ms, lower is better)", "",
+                      _table(["op", "shape", "B", "impl", "ms (median)", "min–max", "vs AMD ref",
+                              "modeled bytes", "GB/s", "% peak BW", "peak mem", "status"], rows)])
+
+
+def _md_train(entries: list[dict]) -> str:
+    rows = []
+    for e in entries:
+        rows.append([e["model"], e["path"], e.get("loader", "–"), e.get("ops", "–"), e.get("attention", "–"),
+                     str(e.get("batch_clips", "–")), _fmt(e.get("steps_per_s")), _spread(e, "steps_per_s_spread"),
+                     _fmt(e.get("clips_per_s")),
+                     _fmt(100 * e["data_wait_fraction"]) + " %" if e.get("data_wait_fraction") is not None else "–",
+                     e.get("status", "measured")])
+    out = ["### Training step (higher is better)", "",
+           _table(["student / teacher", "path", "loader", "ops", "attention", "clips/step", "steps/s (median)",
+                   "min–max", "clips/s", "data wait", "status"], rows)]
+    ratios = train_speedups(entries)
+    if ratios:
+        out += ["", "fast ÷ all-eager clips/s: " + ", ".join(f"{m}: ×{_fmt(r)}" for m, r in ratios.items())]
+    return "\n".join(out)
+
+
+def markdown(record: dict) -> str:
+    env = record["environment"]
+    dev = env.get("gpu_name") or env.get("cpu_model")
+    head = [
+        f"## Bench {env['date']} on {env['device']} ({dev})", "",
+        "torch {torch} · triton {triton} · DALI {dali} · PyAV {av} · timm {timm} · python {python} · "
+        "{cpu_count} CPU cores, {torch_threads} torch threads".format(**env),
+    ]
+    if env.get("peak_bandwidth_bytes_per_s"):
+        head.append(f"· peak DRAM bandwidth {env['peak_bandwidth_bytes_per_s'] / 1e12:.2f} TB/s (published)")
+    head += ["", "Settings: " + ", ".join(f"`{k}={v}`" for k, v in record.get("settings", {}).items())]
+    body = []
+    renderers = {"loaders": _md_loaders, "kernels": _md_kernels, "train": _md_train}
+    for part in PARTS:
+        part_entries = [e for e in record["entries"] if e["part"] == part]
+        if part_entries:
+            body += ["", renderers[part](part_entries)]
+    notes = record.get("notes") or []
+    if notes:
+        body += ["", "Notes:", ""] + [f"- {n}" for n in notes]
+    return "\n".join(head + body) + "\n"
+
+
+# ----------------------------------------------------------------------------- chart
+
+
+def chart(record: dict, path: Path) -> None:
+    """One panel per measured part: loaders (clips/s vs workers), kernels (ms, log), train (clips/s)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: never needs a display
+    import matplotlib.pyplot as plt
+
+    parts = [p for p in PARTS if any(e["part"] == p for e in record["entries"])]
+    fig, axes = plt.subplots(1, max(1, len(parts)), figsize=(6.5 * max(1, len(parts)), 4.8), squeeze=False)
+    env = record["environment"]
+    fig.suptitle(f"amd_fast bench · {env['device']} ({env.get('gpu_name') or env.get('cpu_model')}) · {env['date'][:10]}",
+                 fontsize=10)
+    for ax, part in zip(axes[0], parts):
+        entries = [e for e in record["entries"] if e["part"] == part]
+        {"loaders": _chart_loaders, "kernels": _chart_kernels, "train": _chart_train}[part](ax, entries)
+    if not parts:
+        axes[0][0].text(0.5, 0.5, "no parts measured", ha="center", va="center")
+        axes[0][0].set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
+def _errbar(entries: list[dict], key: str, spread_key: str) -> tuple[list[float], list[list[float]]]:
+    vals, err = [], [[], []]
+    for e in entries:
+        v = e.get(key) or 0.0
+        s = e.get(spread_key) or [v, v]
+        vals.append(v)
+        err[0].append(max(0.0, v - s[0]))
+        err[1].append(max(0.0, s[1] - v))
+    return vals, err
+
+
+def _chart_loaders(ax, entries: list[dict]) -> None:
+    clips = [e for e in entries if e.get("kind") != "decode" and e.get("clips_per_s")]
+    for backend in sorted({e["backend"] for e in clips}):
+        rows = sorted((e for e in clips if e["backend"] == backend), key=lambda e: e["workers"])
+        vals, err = _errbar(rows, "clips_per_s", "clips_per_s_spread")
+        ax.errorbar([e["workers"] for e in rows], vals, yerr=err, marker="o", capsize=3, label=backend)
+    ax.set_xlabel("workers / threads")
+    ax.set_ylabel("clips/s")
+    ax.set_title("Loading")
+    if clips:
+        ax.legend(fontsize=8)
+        ax.set_xticks(sorted({e["workers"] for e in clips}))
+
+
+def _chart_kernels(ax, entries: list[dict]) -> None:
+    groups = sorted({(e["op"], e["shape"]) for e in entries}, key=lambda k: (k[0], k[1]))
+    impls = [i for i in ("amd_reference", "eager", "triton") if any(e["impl"] == i for e in entries)]
+    width = 0.8 / max(1, len(impls))
+    for j, impl in enumerate(impls):
+        rows = [next((e for e in entries if (e["op"], e["shape"]) == g and e["impl"] == impl), {}) for g in groups]
+        vals, err = _errbar(rows, "ms_median", "ms_spread")
+        xs = [i + (j - (len(impls) - 1) / 2) * width for i in range(len(groups))]
+        ax.bar(xs, vals, width, yerr=err, capsize=2, label=impl)
+        for x, r in zip(xs, rows):
+            if not r.get("ms_median"):
+                ax.text(x, 0, "n/m", rotation=90, ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([f"{op}\n{shape}" for op, shape in groups], fontsize=7)
+    if any(e.get("ms_median") for e in entries):
+        ax.set_yscale("log")
+    ax.set_ylabel("fwd+bwd ms (log)")
+    ax.set_title("Kernels (n/m = not measured)")
+    ax.legend(fontsize=8)
+
+
+def _chart_train(ax, entries: list[dict]) -> None:
+    models = list(dict.fromkeys(e["model"] for e in entries))
+    paths = list(dict.fromkeys(e["path"] for e in entries))
+    width = 0.8 / max(1, len(paths))
+    for j, p in enumerate(paths):
+        rows = [next((e for e in entries if e["model"] == m and e["path"] == p), {}) for m in models]
+        xs = [i + (j - (len(paths) - 1) / 2) * width for i in range(len(models))]
+        ax.bar(xs, [r.get("clips_per_s") or 0 for r in rows], width, label=p)
+        for x, r in zip(xs, rows):
+            if r.get("data_wait_fraction") is not None:
+                ax.text(x, r.get("clips_per_s") or 0, f"wait {100 * r['data_wait_fraction']:.0f}%",
+                        ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(models)))
+    ax.set_xticklabels(models, fontsize=8)
+    ax.set_ylabel("clips/s")
+    ax.set_title("Training step")
+    ax.legend(fontsize=8)

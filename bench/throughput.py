@@ -1,0 +1,200 @@
+#!/usr/bin/env python
+"""Measure amd_fast's fast paths against their eager baselines, side by side, in one run.
+
+    python bench/throughput.py                                   # everything, on the device it finds
+    python bench/throughput.py --parts kernels --kernel-batch 4  # one part
+    python bench/throughput.py --shards shards/kinetics400 --device cuda --out /tmp/bench
+
+Parts (``--parts``, comma separated; default all three):
+
+* ``loaders`` — clips/s of the DALI pipeline vs the eager (webdataset + PyAV) loader on the
+  same shards with the same sampling and augmentation, at several worker/thread counts;
+  plus the decode limit (frames/s of PyAV alone, and DALI's decoder alone).
+* ``kernels`` — forward+backward time of each memory-bound op as the AMD reference writes
+  it, as our eager code and as our Triton kernel (CUDA only), at ViT-S and ViT-B shapes,
+  with achieved GB/s from the kernels' modeled bytes and peak memory.
+* ``train`` — steps/s, clips/s and data-wait fraction of the whole AMD step, fast path vs
+  all-eager path (see ``bench/parts/train.py`` for the exact definition of each path).
+
+Outputs: ``<out>/<device>-<date>.json`` (the record: one entry per measured path),
+``.md`` (tables) and ``.png`` (chart), plus a one-screen summary on stdout.
+Run from anywhere; the repository root is put on ``sys.path`` below so that ``bench.*``
+(this folder, a namespace package) and an un-installed checkout of ``amd_fast`` import.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    # `python bench/throughput.py` puts bench/ (not the repo root) on sys.path; the bench
+    # modules import each other as `bench.*`, so the root must be importable.
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from bench import report, timing  # noqa: E402
+
+log = logging.getLogger("bench")
+
+PARTS = ("loaders", "kernels", "train")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,2,4 (got {text!r})")
+    if not vals or min(vals) < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative integers like 1,2,4 (got {text!r})")
+    return vals
+
+
+def _str_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python bench/throughput.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--parts", type=_str_list, default=list(PARTS), help="which parts to run: loaders,kernels,train")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto = cuda if available, else cpu")
+    p.add_argument("--shards", type=Path, default=None,
+                   help="shard dir (with <split>.manifest.json) or manifest file; default: build small synthetic "
+                        "VP9 shards under shards/bench-synthetic-* (reused on later runs)")
+    p.add_argument("--split", default="train", help="split of --shards to read")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="output folder")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default: 5; loaders 3)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed warm-up calls/batches/steps (default: 2)")
+    g = p.add_argument_group("loaders")
+    g.add_argument("--loader-workers", type=_int_list, default=None,
+                   help="worker/thread counts to compare (default: 1,2,4,8,... up to the CPU count)")
+    g.add_argument("--loader-batch-size", type=int, default=None, help="videos per batch (default: cuda 16, cpu 4)")
+    g.add_argument("--loader-batches", type=int, default=None, help="timed batches per repeat (default: cuda 20, cpu 6)")
+    g.add_argument("--input-size", type=int, default=None, help="crop size (default: cuda 224, cpu 112)")
+    g.add_argument("--num-frames", type=int, default=None, help="frames per clip (default: 16)")
+    g.add_argument("--sampling-rate", type=int, default=None, help="frame stride (default: cuda 4, cpu 2)")
+    g.add_argument("--decode-videos", type=int, default=None, help="videos decoded for the decode limit (default: 16)")
+    g = p.add_argument_group("kernels")
+    g.add_argument("--kernel-batch", type=int, default=None,
+                   help="batch B for the kernel shapes (default: cuda 32 as in the paper, cpu 2)")
+    g.add_argument("--kernel-shapes", type=_str_list, default=None, help="vit_s,vit_b")
+    g.add_argument("--kernel-ops", type=_str_list, default=None, help="masked_gather,align_loss,norm_pixel_loss")
+    g = p.add_argument_group("train")
+    g.add_argument("--train-models", type=_str_list, default=None,
+                   help="student:teacher pairs (default: cuda vit_small:vit_base,vit_base:vit_large; "
+                        "cpu vit_tiny_cpu:vit_tiny_cpu)")
+    g.add_argument("--train-paths", type=_str_list, default=None, help="fast,eager,eager_naive_attn")
+    g.add_argument("--train-steps", type=int, default=None, help="timed steps per path (default: cuda 20, cpu 6)")
+    g.add_argument("--train-batch-size", type=int, default=None, help="videos per step (default: cuda 16, cpu 2)")
+    g.add_argument("--train-workers", type=int, default=None, help="loader workers/threads in the train part")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda, but torch sees no CUDA device; run with --device cpu (or auto)")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def validate(args: argparse.Namespace) -> None:
+    unknown = [p for p in args.parts if p not in PARTS]
+    if unknown or not args.parts:
+        raise SystemExit(f"--parts: unknown {unknown or 'empty list'}; choose from {','.join(PARTS)}")
+    for name in ("repeats", "kernel_batch", "loader_batch_size", "loader_batches", "train_steps", "train_batch_size"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1 (got {v})")
+    if args.warmup is not None and args.warmup < 0:
+        raise SystemExit(f"--warmup must be >= 0 (got {args.warmup})")
+
+
+def summary(record: dict, paths: dict, seconds: float) -> str:
+    """The one-screen stdout summary: headline ratios, then where the full tables are."""
+    entries = record["entries"]
+    env = record["environment"]
+    lines = [f"amd_fast bench on {env['device']} ({env.get('gpu_name') or env['cpu_model']}), {seconds:.0f} s"]
+    loaders = report.loader_speedups(entries)
+    if loaders:
+        lines.append("loaders  DALI / eager clips/s: " + ", ".join(f"{w} workers ×{r:.2f}" for w, r in loaders.items()))
+    for e in entries:
+        if e["part"] == "loaders" and e.get("kind") != "decode" and e.get("clips_per_s"):
+            lines.append(f"         {e['backend']:<6} {e['workers']:>2} workers: {e['clips_per_s']:8.1f} clips/s")
+        if e["part"] == "loaders" and e.get("kind") == "decode" and e.get("frames_per_s"):
+            lines.append(f"         decode limit {e['backend']} ({e.get('threads')} threads): {e['frames_per_s']:.0f} frames/s")
+    for (op, shape), ratios in sorted(report.kernel_speedups(entries).items()):
+        others = ", ".join(f"{impl} ×{r:.2f}" for impl, r in ratios.items() if impl != "amd_reference")
+        ref = next(e for e in entries if e["part"] == "kernels" and (e["op"], e["shape"]) == (op, shape)
+                   and e["impl"] == "amd_reference")
+        lines.append(f"kernels  {op:<16} {shape:<5} ref {ref['ms_median']:8.2f} ms; speed-up vs ref: {others}")
+    for e in entries:
+        if e["part"] == "train" and e.get("clips_per_s"):
+            wait = e.get("data_wait_fraction")
+            lines.append(f"train    {e['model']:<26} {e['path']:<16} {e['steps_per_s']:7.2f} steps/s "
+                         f"{e['clips_per_s']:8.1f} clips/s  data wait {100 * wait:4.0f} %")
+    for model, r in report.train_speedups(entries).items():
+        lines.append(f"train    {model}: fast / all-eager clips/s ×{r:.2f}")
+    skipped = [e for e in entries if e.get("status", "measured") != "measured"]
+    if skipped:
+        lines.append(f"{len(skipped)} entries not measured (reasons in the .md/.json), e.g. {skipped[0].get('status')}")
+    lines += [f"wrote {p}" for p in paths.values()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    validate(args)
+    device = resolve_device(args.device)
+    t0 = time.perf_counter()
+    env = timing.environment(device)
+    record = {"environment": env, "settings": {"device": str(device), "parts": ",".join(args.parts)},
+              "entries": [], "notes": []}
+    log.info("bench on %s (%s); parts: %s", device, env.get("gpu_name") or env["cpu_model"], ",".join(args.parts))
+
+    shards = None
+    if any(p in args.parts for p in ("loaders", "train")):
+        from bench.parts import shards as shard_part
+
+        shards = shard_part.resolve(args, device)
+        record["settings"]["shards"] = str(shards)
+
+    for part in PARTS:
+        if part not in args.parts:
+            continue
+        log.info("part %s ...", part)
+        tp = time.perf_counter()
+        if part == "loaders":
+            from bench.parts import loaders as mod
+        elif part == "kernels":
+            from bench.parts import kernels as mod
+        else:
+            from bench.parts import train as mod
+        entries, settings, notes = mod.run(args, device, shards=shards)
+        record["entries"] += entries
+        record["settings"].update(settings)
+        record["notes"] += notes
+        record["settings"][f"{part}_seconds"] = round(time.perf_counter() - tp, 1)
+
+    seconds = time.perf_counter() - t0
+    record["settings"]["total_seconds"] = round(seconds, 1)
+    paths = report.write_all(record, args.out)
+    print(summary(record, paths, seconds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

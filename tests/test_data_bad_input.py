@@ -1,0 +1,118 @@
+"""Bad input: missing / truncated shards and indexes, incomplete samples, undecodable videos,
+codecs the chosen backend cannot decode. Each test damages a copy of the shared fixture."""
+import io
+import shutil
+import tarfile
+
+import pytest
+import torch
+
+from amd_fast.data import CodecError, DataConfig, ShardError, build_loader
+
+BACKENDS = ["dali", "eager"]
+
+
+def cfg_for(shards, backend, **kw):
+    base = dict(shards=shards, split="val", backend=backend, device="cpu", batch_size=2, num_frames=8,
+                sampling_rate=2, input_size=64, num_workers=0, dali_threads=1, prefetch=1, train=False)
+    base.update(kw)
+    return DataConfig(**base)
+
+
+@pytest.fixture
+def shard_copy(synthetic_shards, tmp_path):
+    dst = tmp_path / "shards"
+    shutil.copytree(synthetic_shards, dst)
+    return dst
+
+
+def rewrite_tar(tar_path, edit):
+    """Rewrite ``tar_path`` member by member through ``edit(name, data) -> data | None`` (None drops
+    the member) and rebuild its DALI index with DALI's own wds2idx."""
+    import wds2idx
+
+    with tarfile.open(tar_path) as src:
+        members = [(m, src.extractfile(m).read()) for m in src.getmembers() if m.isfile()]
+    with tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT) as dst:
+        for m, data in members:
+            data = edit(m.name, data)
+            if data is not None:
+                info = tarfile.TarInfo(m.name)
+                info.size = len(data)
+                dst.addfile(info, io.BytesIO(data))
+    with wds2idx.IndexCreator(str(tar_path), str(tar_path.with_suffix(".idx")), verbose=False) as ic:
+        ic.create_index()
+
+
+def member_names(tar_path):
+    with tarfile.open(tar_path) as tf:
+        return sorted(tf.getnames())
+
+
+def test_missing_shard_is_named(shard_copy):
+    (shard_copy / "train-000001.tar").unlink()
+    with pytest.raises(ShardError, match=r"train-000001\.tar is missing"):
+        build_loader(cfg_for(shard_copy, "eager", split="train"))
+
+
+def test_truncated_shard_is_named(shard_copy):
+    tar = shard_copy / "train-000002.tar"
+    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])
+    with pytest.raises(ShardError, match=r"train-000002\.tar is truncated"):
+        build_loader(cfg_for(shard_copy, "dali", split="train"))
+
+
+def test_missing_index_names_the_fix(shard_copy):
+    (shard_copy / "val-000000.idx").unlink()
+    with pytest.raises(ShardError, match="wds2idx"):
+        build_loader(cfg_for(shard_copy, "dali"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_samples_missing_video_or_label_are_skipped_and_counted(shard_copy, backend):
+    tar = shard_copy / "val-000000.tar"
+    keys = sorted({n.split(".", 1)[0] for n in member_names(tar)})
+    drop = {f"{keys[1]}.webm", f"{keys[4]}.clipinfo", f"{keys[4]}.cls"}
+    rewrite_tar(tar, lambda name, data: None if name in drop else data)
+
+    loader = build_loader(cfg_for(shard_copy, backend))
+    assert loader.bad_samples == {"sample missing its video or label": 2}
+    batches = list(loader)
+    assert len(batches) == 3 and all(b["video"].shape[0] == 2 for b in batches)
+
+    with pytest.raises(ShardError, match=keys[1]):
+        build_loader(cfg_for(shard_copy, backend, on_bad_sample="error"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_undecodable_video_is_skipped_and_counted_never_crashing_the_epoch(shard_copy, backend):
+    tar = shard_copy / "val-000000.tar"
+    bad_key = sorted({n.split(".", 1)[0] for n in member_names(tar)})[2]
+    rewrite_tar(tar, lambda name, data: data[:64] + bytes(len(data) - 64) if name == f"{bad_key}.webm" else data)
+
+    loader = build_loader(cfg_for(shard_copy, backend))
+    batches = list(loader)
+    assert sum(loader.bad_samples.values()) == 1
+    clips = sum(b["video"].shape[0] for b in batches)
+    # eager drops the one video; DALI fails (and drops) the whole batch the video is in
+    assert clips == (7 if backend == "eager" else 6)
+    assert all(torch.isfinite(b["video"]).all() for b in batches)
+    assert loader.state_dict()["epoch"] == 1
+
+    with pytest.raises(RuntimeError, match=bad_key):
+        list(build_loader(cfg_for(shard_copy, backend, on_bad_sample="error")))
+
+
+def test_h264_with_dali_on_cpu_names_the_fix_and_auto_falls_back_to_eager(synthetic_shards_h264, caplog):
+    with pytest.raises(CodecError, match=r"--codec vp9.*data\.backend=eager"):
+        build_loader(cfg_for(synthetic_shards_h264, "dali"))
+    with caplog.at_level("INFO", logger="amd_fast.data"):
+        loader = build_loader(cfg_for(synthetic_shards_h264, "auto"))
+    assert loader.backend == "eager"
+    assert "cannot decode h264" in caplog.text
+    b = next(iter(loader))
+    assert b["video"].shape == (2, 3, 8, 64, 64)
+
+
+def test_auto_takes_dali_for_vp9_on_cpu(synthetic_shards):
+    assert build_loader(cfg_for(synthetic_shards, "auto")).backend == "dali"

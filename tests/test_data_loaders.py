@@ -1,0 +1,147 @@
+"""Both loaders on the shared synthetic VP9 shards (80x80, 32 frames; train 24 clips in 3 tars,
+val 8): same outputs, num_sample, rank split, resume. CPU DALI pipelines with 1 thread."""
+import numpy as np
+import pytest
+import torch
+
+from amd_fast.data import DataConfig, build_loader
+from amd_fast.data.sampling import IMAGENET_MEAN, IMAGENET_STD
+
+BACKENDS = ["dali", "eager"]
+
+
+def cfg_for(shards, backend, **kw):
+    base = dict(shards=shards, backend=backend, device="cpu", batch_size=4, num_frames=8, sampling_rate=2,
+                num_sample=1, input_size=64, num_workers=0, dali_threads=1, prefetch=1, seed=7)
+    base.update(kw)
+    return DataConfig(**base)
+
+
+def fingerprints(video):
+    """One tuple per clip: identifies a deterministic (eval-mode) clip of a sample."""
+    return [tuple(np.round(v.float().mean(dim=(1, 2, 3)).numpy(), 2)) for v in video]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_train_batches_shape_dtype_range_and_repeated_labels(synthetic_shards, backend):
+    loader = build_loader(cfg_for(synthetic_shards, backend, num_sample=2, split="val"))
+    assert loader.backend == backend and len(loader) == 2
+    lo = min((0 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
+    hi = max((1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
+    batches = list(loader)
+    assert len(batches) == 2
+    for b in batches:
+        v, y = b["video"], b["label"]
+        assert v.shape == (8, 3, 8, 64, 64) and v.dtype == torch.float32 and v.device.type == "cpu"
+        assert y.shape == (8,) and y.dtype == torch.int64
+        assert torch.equal(y[0::2], y[1::2])  # video-major: both clips of a video carry its label
+        assert lo - 1e-4 <= v.min() and v.max() <= hi + 1e-4
+        assert v.std() > 0.3  # real pixels, not a constant fill
+    assert sorted(torch.cat([b["label"][0::2] for b in batches]).tolist()) == sorted(
+        torch.cat([b["label"] for b in list(build_loader(cfg_for(synthetic_shards, backend, split="val",
+                                                                          train=False)))]).tolist())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_num_sample_repeats_augment_the_same_decoded_frames(synthetic_shards, backend):
+    # scales=[1] on 80x80 frames with input_size 80: every crop is the whole frame, so the
+    # num_sample clips of a video are equal iff they share the decoded frames (same start).
+    loader = build_loader(cfg_for(synthetic_shards, backend, split="val", num_sample=3, scales=[1.0],
+                                  input_size=80, batch_size=2))
+    b = next(iter(loader))
+    v = b["video"].view(2, 3, *b["video"].shape[1:])
+    assert torch.allclose(v[:, 0], v[:, 1]) and torch.allclose(v[:, 0], v[:, 2])
+    assert not torch.allclose(v[0, 0], v[1, 0])
+
+
+def test_both_loaders_give_the_same_frames_in_eval_mode(synthetic_shards):
+    # eval: middle clip, centre crop, no shuffle, no flip: the same samples in the same order.
+    outs = {bk: list(build_loader(cfg_for(synthetic_shards, bk, split="val", train=False))) for bk in BACKENDS}
+    assert len(outs["dali"]) == len(outs["eager"]) == 2
+    for a, b in zip(outs["dali"], outs["eager"]):
+        assert torch.equal(a["label"], b["label"])
+        diff = (a["video"] - b["video"]).abs()
+        # decoders differ only by YUV->RGB rounding (DALI is ~1-2 grey levels brighter than swscale)
+        # and resize rounding
+        assert diff.mean() < 0.05, diff.mean()
+        # and a wrong frame (start off by one stride) would differ far more on moving shapes
+        assert (a["video"][:, :, 1:] - b["video"][:, :, :-1]).abs().mean() > 2 * diff.mean()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bf16_output(synthetic_shards, backend):
+    b = next(iter(build_loader(cfg_for(synthetic_shards, backend, split="val", dtype="bfloat16"))))
+    assert b["video"].dtype == torch.bfloat16 and b["video"].shape == (4, 3, 8, 64, 64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_ranks_read_disjoint_samples_that_cover_the_epoch(synthetic_shards, backend):
+    kw = dict(split="train", train=False, batch_size=3)
+    whole = [f for b in build_loader(cfg_for(synthetic_shards, backend, **kw)) for f in fingerprints(b["video"])]
+    assert len(set(whole)) == 24  # fingerprints tell the 24 clips apart
+    parts = [[f for b in build_loader(cfg_for(synthetic_shards, backend, **kw), rank=r, world_size=2)
+              for f in fingerprints(b["video"])] for r in range(2)]
+    assert len(parts[0]) == len(parts[1]) == 12
+    assert not set(parts[0]) & set(parts[1])
+    assert set(parts[0]) | set(parts[1]) == set(whole)
+    # shuffled training epochs of a rank cover that rank's labels exactly once (no wrap, no duplicates)
+    for r in range(2):
+        eval_labels = sorted(y for b in build_loader(cfg_for(synthetic_shards, backend, **kw), r, 2)
+                             for y in b["label"].tolist())
+        train_loader = build_loader(cfg_for(synthetic_shards, backend, split="train", batch_size=3), r, 2)
+        assert sorted(y for b in train_loader for y in b["label"].tolist()) == eval_labels
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_state_dict_resumes_the_stream_and_epochs_reshuffle(synthetic_shards, backend):
+    cfg = cfg_for(synthetic_shards, backend, split="train")
+    first = build_loader(cfg)
+    epoch0 = list(first)
+    assert first.state_dict()["epoch"] == 1 and first.state_dict()["batch"] == 0
+    epoch1 = list(first)
+    assert len(epoch0) == len(epoch1) == 6
+    assert not all(torch.equal(a["video"], b["video"]) for a, b in zip(epoch0, epoch1))  # new epoch, new order
+
+    # stop after 2 batches of epoch 0, save, restore into a fresh loader: continue with batch 2
+    stopped = build_loader(cfg)
+    it = iter(stopped)
+    next(it), next(it)
+    state = stopped.state_dict()
+    assert state["epoch"] == 0 and state["batch"] == 2 and state["seed"] == 7
+    resumed = build_loader(cfg)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(0)  # a training loop calls this; it must not rewind the restored epoch
+    rest = list(resumed)
+    assert len(rest) == 4
+    for a, b in zip(rest, epoch0[2:]):
+        assert torch.equal(a["label"], b["label"]) and torch.equal(a["video"], b["video"])
+    resumed.set_epoch(1)
+    assert torch.equal(next(iter(resumed))["video"], epoch1[0]["video"])
+
+
+def test_throughput_reports_clips_per_second(synthetic_shards):
+    from amd_fast.data.throughput import measure_clips_per_s
+
+    r = measure_clips_per_s(cfg_for(synthetic_shards, "eager", split="val", num_sample=2), batches=3, warmup=1)
+    assert r["backend"] == "eager" and r["clips"] == 3 * 8 and r["clips_per_s"] > 0
+    assert r["data_wait_ms_per_batch"] > 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_flip_mirrors_some_clips_and_is_off_by_default(synthetic_shards, backend):
+    kw = dict(split="val", num_sample=2, scales=[1.0], input_size=80, batch_size=8)
+    for flip in (False, True):
+        v = next(iter(build_loader(cfg_for(synthetic_shards, backend, flip=flip, **kw))))["video"]
+        a, b = v[0::2], v[1::2]  # the two crops (= whole frame) of each video
+        same = [torch.allclose(x, y) for x, y in zip(a, b)]
+        mirrored = [torch.allclose(x, y.flip(-1)) for x, y in zip(a, b)]
+        assert all(s or m for s, m in zip(same, mirrored))
+        assert any(mirrored) and not all(mirrored) if flip else all(same)
+
+
+def test_eager_batches_do_not_depend_on_the_number_of_workers(synthetic_shards):
+    runs = [list(build_loader(cfg_for(synthetic_shards, "eager", split="val", num_sample=2, flip=True,
+                                      num_workers=w))) for w in (0, 2)]
+    assert len(runs[0]) == len(runs[1]) == 2
+    for a, b in zip(*runs):
+        assert torch.equal(a["video"], b["video"]) and torch.equal(a["label"], b["label"])
