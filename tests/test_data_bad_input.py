@@ -94,8 +94,9 @@ def test_undecodable_video_is_skipped_and_counted_never_crashing_the_epoch(shard
     batches = list(loader)
     assert sum(loader.bad_samples.values()) == 1
     clips = sum(b["video"].shape[0] for b in batches)
-    # eager drops the one video; DALI fails (and drops) the whole batch the video is in
-    assert clips == (7 if backend == "eager" else 6)
+    # batches keep their size and count (static shapes, DDP ranks in step): eager replaces the
+    # video by the next sample; DALI fails the batch the video is in and takes the next batch
+    assert clips == 8 and len(batches) == len(loader) == 4
     assert all(torch.isfinite(b["video"]).all() for b in batches)
     assert loader.state_dict()["epoch"] == 1
 
@@ -116,3 +117,12 @@ def test_h264_with_dali_on_cpu_names_the_fix_and_auto_falls_back_to_eager(synthe
 
 def test_auto_takes_dali_for_vp9_on_cpu(synthetic_shards):
     assert build_loader(cfg_for(synthetic_shards, "auto")).backend == "dali"
+
+
+def test_codec_table_gpu_takes_h264_not_av1_cpu_takes_vp9_only():
+    from amd_fast.data.backend import dali_codec_problem, normalize_codec
+
+    assert dali_codec_problem({"h264", "hevc", "vp9"}, on_gpu=True) is None
+    assert "av1" in dali_codec_problem({"av1"}, on_gpu=True)
+    assert dali_codec_problem({"vp9", "mjpeg"}, on_gpu=False) is None
+    assert "h264" in dali_codec_problem({normalize_codec("avc1")}, on_gpu=False)

@@ -155,7 +155,9 @@ def test_interrupted_cli_run_resumes(tmp_path):
         pytest.skip("run finished before the interrupt")
     assert proc.returncode == 130, err.decode()[-2000:]
     kept = _snapshot(out)
-    assert kept and not list(out.glob("*.tmp")) and not (out / "train.manifest.json").exists()
+    assert kept
+    assert not list(out.glob("*.tar.tmp")) and not list(out.glob("*.idx.tmp"))
+    assert not (out / "train.manifest.json").exists()
     for name in kept:  # every tar under its final name has its index
         assert (out / name.replace(".tar", ".idx")).exists()
     done = subprocess.run(cmd + ["--verify"], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -209,3 +211,28 @@ def test_mjpeg_reencode_with_short_side_decodes_in_dali(tmp_path):
     shapes = sorted(np.asarray(frames[k]).shape for k in range(2))
     assert shapes == [(6, 32, 32, 3), (8, 32, 32, 3)]
     assert sorted(int(np.asarray(info[k])[1]) for k in range(2)) == [6, 8]
+
+
+def test_crash_during_rebuild_leaves_no_stale_manifest(tmp_path, monkeypatch):
+    """Shard 2 published but not journaled (crash between rename and journal line): the rerun rebuilds
+    it; if that rerun is interrupted too, the old manifest is gone and no half shard is published."""
+    from amd_fast.shard import writer
+
+    out = tmp_path / "out"
+    build_shards(_syn(out, splits=("train",)))
+    journal = out / "train.progress.jsonl"
+    journal.write_text("".join(l + "\n" for l in journal.read_text().splitlines() if '"shard": 2' not in l))
+
+    def interrupted_close(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer.ShardWriter, "close", interrupted_close)
+    with pytest.raises(KeyboardInterrupt):
+        build_shards(_syn(out, splits=("train",)))
+    assert not (out / "train.manifest.json").exists()
+    assert sorted(p.name for p in out.glob("train-*")) == [f"train-00000{i}.{e}" for i in (0, 1, 3)
+                                                           for e in ("idx", "tar")]
+    monkeypatch.undo()
+    rep = build_shards_report(_syn(out, splits=("train",)))
+    assert (rep.splits["train"].shards_kept, rep.splits["train"].encoded) == (3, 4)
+    assert verify_shards(out).ok

@@ -2,7 +2,7 @@
 
 ``build_loader(cfg, rank, world_size)`` returns an iterable of
 ``{'video': (B*num_sample, 3, T, S, S) float on cfg.device (ImageNet-normalized), 'label': (B*num_sample,) int64}``
-with ``len()`` (batches per epoch per rank; an upper bound when bad videos are skipped),
+with ``len()`` (batches per epoch, the same on every rank),
 ``set_epoch(e)``, ``state_dict()`` / ``load_state_dict()`` ({epoch, batch, seed, backend}),
 ``backend`` ('dali' | 'eager') and ``bad_samples`` (counts by reason).
 
@@ -18,7 +18,7 @@ Usage::
 from __future__ import annotations
 
 import logging
-from typing import Optional, Union
+from typing import Union
 
 from .backend import CodecError, choose_backend
 from .config import DataConfig

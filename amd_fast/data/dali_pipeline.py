@@ -2,18 +2,21 @@
 
 Everything per-sample happens inside the DALI graph (no Python per sample): the clip's frame
 indices are computed with DALI arithmetic from the ``.clipinfo`` int32 record (frames, width,
-height, label), decoding is ``fn.decoders.video(frames=...)`` on the CPU or, with CUDA, 'mixed'
+height, label), decoding is ``fn.decoders.video(start_frame, stride, sequence_length)`` on the CPU or, with CUDA, 'mixed'
 (NVDEC) so the clips stay on the GPU; the batch is copied device-to-device into a torch tensor
 with DALI's PyTorch plugin (``feed_ndarray``). The math follows sampling.py exactly.
 
-Epochs: a fresh pipeline per epoch, seeded from (seed, epoch, rank), reading this rank's
-contiguous part of the samples (``shard_id=rank, num_shards=world``) shuffled in a buffer of
-``shuffle_buffer`` samples (DALI's reader shuffles locally; shard order within a rank stays
-the stored order). Resume: the epoch's pipeline is rebuilt from the same seeds and the consumed
+Epochs: a fresh pipeline per epoch, seeded from (seed, epoch, rank), reading one contiguous part
+of the samples (``shard_id=(rank+epoch) % world, num_shards=world``: parts rotate per epoch as
+DALI's own reader does) shuffled in a buffer of ``shuffle_buffer`` samples (DALI shuffles locally:
+the tar order inside a part stays the stored order). The GPU copy into torch mirrors
+DALIGenericIterator (feed_ndarray on torch's current stream). Resume: the epoch's pipeline is rebuilt from the same seeds and the consumed
 batches are run again and dropped (deterministic; costs their decode time once).
 
-Undecodable video: DALI fails the whole batch (one decoder error per batch); the batch is dropped,
-counted (the video named from DALI's error) and the epoch goes on: len() is then an upper bound.
+Undecodable video: DALI fails the whole batch (one decoder error per batch); that batch is dropped,
+the video counted (named from DALI's error) and the next batch taken in its place, so the epoch
+still has len() batches on every rank (DDP stays in step; at the epoch's end the reader wraps into
+the next part, so a few samples may repeat).
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import torch
 
 from .config import DataConfig
 from .sampling import FIX_OFFSETS, IMAGENET_MEAN, IMAGENET_STD, SNAP_PX, scale_pairs
-from .shards import INFO_EXT, VIDEO_EXTS, ShardSet, rank_range
+from .shards import INFO_EXT, VIDEO_EXTS, ShardSet, epoch_part, rank_batches
 from .stream import BadSampleCounter, StreamState
 
 log = logging.getLogger(__name__)
@@ -41,7 +44,7 @@ def derive_seed(*parts: int) -> int:
     return zlib.crc32(np.asarray(parts, dtype=np.int64).tobytes()) & 0x7FFFFFFF
 
 
-def clip_graph(cfg: DataConfig, tars: List[str], indexes: List[str], rank: int, world_size: int,
+def clip_graph(cfg: DataConfig, tars: List[str], indexes: List[str], part: int, world_size: int,
                reader_seed: int, decode_device: str):
     """Build the DALI graph (call inside a ``pipeline_def``). Returns (video, label) where video is
     (num_sample, 3, T, S, S) per sample, float32/float16, normalized."""
@@ -53,7 +56,7 @@ def clip_graph(cfg: DataConfig, tars: List[str], indexes: List[str], rank: int, 
     video, info = fn.readers.webdataset(
         paths=tars, index_paths=indexes, ext=[";".join(VIDEO_EXTS), INFO_EXT],
         dtypes=[types.UINT8, types.INT32], missing_component_behavior="skip",
-        shard_id=rank, num_shards=world_size, random_shuffle=shuffle,
+        shard_id=part, num_shards=world_size, random_shuffle=shuffle,
         initial_fill=cfg.shuffle_buffer, seed=reader_seed, name=READER_NAME)
     label, n, width, height = info[0], info[1], info[2], info[3]
 
@@ -65,9 +68,15 @@ def clip_graph(cfg: DataConfig, tars: List[str], indexes: List[str], rank: int, 
     else:
         start = dmath.max(n - T * step + 1, 0) // 2
     kmax = dmath.max(n - 1 - start, 0) // step
-    frames_idx = start + dmath.min(types.Constant(np.arange(T, dtype=np.int32)), kmax) * step
-    # pad_mode='edge': an index past a (mis-counted) end repeats the last frame, never black frames.
-    frames = fn.decoders.video(video, frames=frames_idx, pad_mode="edge", device=decode_device)
+    # Decode only the distinct frames start, start+step, ... (<= T of them), then repeat the last one
+    # in-graph. Why not frames=[..., last, last]: DALI seeks again for every repeated index (5-8x
+    # slower on a short video), and pad_mode='edge' repeats the video's last frame, not the last
+    # frame on the stride grid as the reference does.
+    distinct = dmath.min(kmax + 1, T)
+    frames = fn.decoders.video(video, start_frame=start, stride=step, sequence_length=distinct,
+                               pad_mode="edge",  # only if `frames` over-counts the video: never black
+                               device=decode_device)
+    frames = fn.sequence_rearrange(frames, new_order=dmath.min(types.Constant(np.arange(T, dtype=np.int32)), kmax))
 
     short = dmath.min(width, height)
     short_f = fn.cast(short, dtype=types.FLOAT)
@@ -127,10 +136,8 @@ class DaliLoader:
         self.device = torch.device(device)
         self.bad = bad
         self.state = StreamState(seed=cfg.seed)
-        lo, hi = rank_range(shards.num_samples, rank, world_size)
-        self.num_rank_samples = hi - lo
-        b = cfg.batch_size
-        self._len = self.num_rank_samples // b if cfg.drop_last else -(-self.num_rank_samples // b)
+        self.num_rank_samples, self._len = rank_batches(shards.num_samples, world_size, cfg.batch_size,
+                                                        cfg.drop_last)
         self._out_dtype = _TORCH_DTYPES[cfg.dtype]
 
     def __len__(self) -> int:
@@ -162,7 +169,8 @@ class DaliLoader:
                       device_id=(self.device.index or 0) if on_gpu else None, seed=seed,
                       prefetch_queue_depth=self.cfg.prefetch)
         def pipe():
-            return clip_graph(self.cfg, self.shards.tars, self.shards.indexes, self.rank, self.world_size,
+            return clip_graph(self.cfg, self.shards.tars, self.shards.indexes,
+                              epoch_part(self.rank, epoch, self.world_size), self.world_size,
                               reader_seed=derive_seed(self.state.seed, epoch, self.rank, 1),
                               decode_device="mixed" if on_gpu else "cpu")
 
@@ -170,7 +178,7 @@ class DaliLoader:
         p.build()
         return p
 
-    def _run(self, pipe):
+    def _run(self, pipe, count: bool = True):
         """One batch of DALI outputs, or None when a video in it failed to decode (counted)."""
         try:
             return pipe.run()
@@ -181,8 +189,24 @@ class DaliLoader:
             if self.cfg.on_bad_sample == "error":
                 raise RuntimeError(f"undecodable video {where} (set data.on_bad_sample=skip to drop its batch "
                                    f"and go on)") from e
-            self.bad.add("undecodable video (DALI drops its whole batch)", where, n=1)
+            if count:
+                self.bad.add("undecodable video (DALI drops its whole batch)", where, n=1)
             return None
+
+    def _good_batches(self, pipe, count: bool = True):
+        """Successful pipeline runs. A failed batch is replaced by the next one (the reader wraps into
+        the next part at the epoch's end), so every rank still yields len() batches per epoch."""
+        failures = 0
+        while True:
+            out = self._run(pipe, count)
+            if out is not None:
+                failures = 0
+                yield out
+                continue
+            failures += 1
+            if failures > 8:
+                raise RuntimeError(f"{failures} DALI batches in a row failed to decode; the shards look broken "
+                                   f"(check them with `python -m amd_fast.shard --verify`)")
 
     def _to_torch(self, outputs):
         from nvidia.dali.plugin.pytorch import feed_ndarray
@@ -206,17 +230,13 @@ class DaliLoader:
         epoch = st.epoch
         pipe = self._build(epoch)
         try:
-            for _ in range(st.batch):  # resume: replay the consumed batches of this epoch
-                try:
-                    pipe.run()
-                except RuntimeError:
-                    pass  # counted when first met
+            replay = self._good_batches(pipe, count=False)
+            for _ in range(st.batch):  # resume: rerun and drop this epoch's consumed batches
+                next(replay)
+            batches = self._good_batches(pipe)
             while st.batch < self._len:
-                out = self._run(pipe)
+                video, label = self._to_torch(next(batches))
                 st.batch += 1
-                if out is None:
-                    continue
-                video, label = self._to_torch(out)
                 if st.batch == self._len and not self.cfg.drop_last:
                     keep = (self.num_rank_samples - (self._len - 1) * self.cfg.batch_size) * self.cfg.num_sample
                     video, label = video[:keep], label[:keep]  # DALI wraps around to fill the last batch

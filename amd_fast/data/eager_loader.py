@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import logging
 import struct
-from typing import Iterator, List, Optional
+from typing import Iterator, List
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from .config import DataConfig
 from .sampling import (IMAGENET_MEAN, IMAGENET_STD, FIX_OFFSETS, center_crop_box, clip_indices, clip_start,
                        multiscale_crop_box, scale_pairs)
-from .shards import Sample, ShardSet, rank_range, read_member
+from .shards import Sample, ShardSet, epoch_part, rank_batches, rank_range, read_member
 from .stream import BadSampleCounter, StreamState
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,14 @@ def crop_resize(frames: torch.Tensor, box, size: int, flip: bool) -> torch.Tenso
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    """Map-style: item ``(epoch, position, sample_index)`` -> num_sample uint8 clips + label, or
-    the reason the sample was skipped."""
+    """Map-style: item ``(epoch, position, sample_index)`` -> num_sample uint8 clips + label.
+
+    A video that fails to decode is replaced by the next sample in stored order (up to
+    ``RETRIES`` times; VideoMAE retries another sample the same way), so batches keep their size
+    (static shapes for torch.compile, equal step counts across DDP ranks); each failure is
+    reported in ``bad`` for the main process to count."""
+
+    RETRIES = 3
 
     def __init__(self, cfg: DataConfig, samples: List[Sample], rank: int, seed: int):
         self.cfg, self.samples, self.rank, self.seed = cfg, samples, rank, seed
@@ -88,16 +94,26 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, item):
         epoch, pos, i = item
-        cfg, s = self.cfg, self.samples[i]
-        where = f"{s.tar}:{s.key}"
-        try:
-            label, n, width, height, _ = struct.unpack("<5i", read_member(s.tar, s.info))
-            rng = np.random.default_rng([self.seed, epoch, self.rank, pos])
-            start = clip_start(n, cfg.num_frames, cfg.sampling_rate, rng.random(), cfg.train)
-            idx = clip_indices(n, start, cfg.num_frames, cfg.sampling_rate)
-            frames = torch.from_numpy(decode_frames(read_member(s.tar, s.video), idx))
-        except (DecodeError, OSError, struct.error) as e:
-            return {"bad": f"undecodable video {where}: {e}"}
+        rng = np.random.default_rng([self.seed, epoch, self.rank, pos])
+        bad = []
+        for attempt in range(self.RETRIES + 1):
+            s = self.samples[(i + attempt) % len(self.samples)]
+            try:
+                out = self._load(s, rng)
+                out["bad"] = bad
+                return out
+            except (DecodeError, OSError, struct.error) as e:
+                bad.append((f"{s.tar}:{s.key}", str(e)))
+                if self.cfg.on_bad_sample == "error":
+                    break
+        return {"bad": bad}
+
+    def _load(self, s: Sample, rng: np.random.Generator) -> dict:
+        cfg = self.cfg
+        label, n, _, _, _ = struct.unpack("<5i", read_member(s.tar, s.info))
+        start = clip_start(n, cfg.num_frames, cfg.sampling_rate, rng.random(), cfg.train)
+        idx = clip_indices(n, start, cfg.num_frames, cfg.sampling_rate)
+        frames = torch.from_numpy(decode_frames(read_member(s.tar, s.video), idx))
         h, w = frames.shape[1:3]
         clips = []
         for _ in range(cfg.num_sample):  # repeated augmentation on the same decoded frames
@@ -112,8 +128,8 @@ class ClipDataset(torch.utils.data.Dataset):
 
 
 def collate(items):
-    good = [it for it in items if "bad" not in it]
-    out = {"bad": [it["bad"] for it in items if "bad" in it]}
+    good = [it for it in items if "video" in it]
+    out = {"bad": [b for it in items for b in it["bad"]]}
     if good:
         out["video"] = torch.cat([it["video"] for it in good])  # (b*num_sample, 3, T, S, S), video-major
         out["label"] = torch.tensor([it["label"] for it in good], dtype=torch.int64)
@@ -133,12 +149,10 @@ class EagerLoader:
                  bad: BadSampleCounter):
         self.cfg, self.rank, self.bad = cfg, rank, bad
         self.device = torch.device(device)
-        lo, hi = rank_range(shards.num_samples, rank, world_size)
-        self.samples = shards.samples[lo:hi]
-        self.num_rank_samples = len(self.samples)
+        self.samples, self.world_size = shards.samples, world_size
         self.state = StreamState(seed=cfg.seed)
-        n, b = len(self.samples), cfg.batch_size
-        self._len = n // b if cfg.drop_last else -(-n // b)
+        self.num_rank_samples, self._len = rank_batches(len(self.samples), world_size, cfg.batch_size,
+                                                        cfg.drop_last)
         self._dtype = _TORCH_DTYPES[cfg.dtype]
         self._mean = torch.tensor([255 * m for m in IMAGENET_MEAN], device=self.device).view(1, 3, 1, 1, 1)
         self._inv_std = 1.0 / torch.tensor([255 * s for s in IMAGENET_STD], device=self.device).view(1, 3, 1, 1, 1)
@@ -163,10 +177,17 @@ class EagerLoader:
         self.state.load_state_dict(d, self.cfg.seed, self.backend)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
-        n = len(self.samples)
+        """Indices (into all samples) this rank reads in ``epoch``, in reading order: its part for
+        the epoch, permuted (train+shuffle), cut or padded to the common per-rank length."""
+        lo, hi = rank_range(len(self.samples), epoch_part(self.rank, epoch, self.world_size), self.world_size)
+        order = np.arange(lo, hi)
         if self.cfg.train and self.cfg.shuffle:
-            return np.random.default_rng([self.state.seed, epoch, self.rank]).permutation(n)
-        return np.arange(n)
+            order = np.random.default_rng([self.state.seed, epoch, self.rank]).permutation(order)
+        n = self.num_rank_samples
+        if len(order) >= n:
+            return order[:n]
+        # pad as DALI's reader does: it reads on into the next part's first samples
+        return np.concatenate([order, np.arange(hi, hi + n - len(order)) % len(self.samples)])
 
     def _batches(self, epoch: int, first: int):
         order, b = self.epoch_order(epoch), self.cfg.batch_size
@@ -183,12 +204,13 @@ class EagerLoader:
             worker_init_fn=_worker_init if cfg.num_workers > 0 else None)
         for batch in loader:
             st.batch += 1
-            for reason in batch["bad"]:
+            for where, why in batch["bad"]:
                 if cfg.on_bad_sample == "error":
-                    raise RuntimeError(f"{reason} (set data.on_bad_sample=skip to skip such samples)")
-                self.bad.add("undecodable video", reason.split(": ", 1)[0].removeprefix("undecodable video "))
+                    raise RuntimeError(f"undecodable video {where}: {why} "
+                                       f"(set data.on_bad_sample=skip to skip such samples)")
+                self.bad.add("undecodable video (replaced by the next sample)", f"{where}: {why}")
             if "video" not in batch:
-                continue
+                continue  # every retry failed: the shards are badly broken; counted above
             yield {"video": self._normalize(batch["video"]), "label": batch["label"].to(self.device, non_blocking=True)
                    .repeat_interleave(cfg.num_sample)}
         st.epoch, st.batch = epoch + 1, 0

@@ -1,14 +1,13 @@
 """Find the shards of a split, list their samples from the DALI index files, validate, split by rank.
 
-Everything here reads only the manifest, the ``.idx`` files (or tar headers when a tar has no
-index) and a few bytes per tar: no video is decoded, so it is cheap at start-up even for K400.
+Everything here reads only the manifest, the ``.idx`` files and the tars' sizes: no video is
+decoded and no tar is scanned, so it is cheap at start-up even for K400's 240k videos. Every tar
+needs its index (DALI reads by it, and so does the eager loader: random access by byte offset).
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -103,22 +102,6 @@ def _parse_index(idx_path: Path, tar_path: Path) -> List[Dict[str, Tuple[int, in
     return out
 
 
-def _list_tar(tar_path: Path):
-    """Same as _parse_index for a tar without index (reads every header: slower)."""
-    samples: Dict[str, Dict[str, Tuple[int, int]]] = {}
-    try:
-        with tarfile.open(tar_path) as tf:
-            for m in tf:
-                if not m.isfile():
-                    continue
-                base = m.name.rsplit("/", 1)[-1]
-                key, _, ext = base.partition(".")
-                samples.setdefault(m.name[: len(m.name) - len(base)] + key, {})[ext] = (m.offset_data, m.size)
-    except (OSError, tarfile.TarError) as e:
-        raise ShardError(f"cannot read shard {tar_path}: {e} (truncated or not a tar? rebuild the shards)") from e
-    return list(samples.items())
-
-
 def _check_tar(tar_path: Path, listing) -> None:
     """Missing or truncated tar, from its size vs. the last member its index lists."""
     if not tar_path.is_file():
@@ -180,6 +163,21 @@ def rank_range(num_samples: int, rank: int, world_size: int) -> Tuple[int, int]:
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world_size {world_size}")
     return num_samples * rank // world_size, num_samples * (rank + 1) // world_size
+
+
+def epoch_part(rank: int, epoch: int, world_size: int) -> int:
+    """Which of the ``world_size`` contiguous parts a rank reads in ``epoch``: parts rotate by one
+    per epoch, as DALI's reader does by itself (``stick_to_shard=False``), so over ``world_size``
+    epochs every rank sees all the data while each epoch's parts stay disjoint."""
+    return (rank + epoch) % world_size
+
+
+def rank_batches(num_samples: int, world_size: int, batch_size: int, drop_last: bool) -> Tuple[int, int]:
+    """(samples, batches) per rank and epoch, equal on every rank so DDP steps stay in lockstep:
+    like DistributedSampler, the parts (which differ by at most one sample) are cut to the
+    smallest with ``drop_last`` and padded to the largest without (the padding repeats samples)."""
+    used = num_samples // world_size if drop_last else -(-num_samples // world_size)
+    return used, (used // batch_size if drop_last else -(-used // batch_size))
 
 
 def read_member(tar: str, where: Tuple[int, int]) -> bytes:

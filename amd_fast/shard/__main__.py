@@ -21,7 +21,6 @@ from .build import TooManyFailures, build_shards_report
 from .options import CODECS, SOURCES, ShardOptions
 from .plan import PlanMismatch
 from .sources import LayoutError, UnknownLabelError
-from .verify import verify_shards
 
 log = logging.getLogger("amd_fast.shard")
 
@@ -34,33 +33,33 @@ def _size(text: str) -> int:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m amd_fast.shard", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--src", choices=SOURCES, default="synthetic", help="dataset layout")
+    p = argparse.ArgumentParser(prog="python -m amd_fast.shard", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--src", choices=SOURCES, default="synthetic", help="dataset layout (default: synthetic)")
     p.add_argument("--root", type=Path, help="dataset folder (all sources but synthetic/csv)")
     p.add_argument("--list", dest="list_file", type=Path, help="--src csv: CSV with header path,label[,split]")
     p.add_argument("--classes", dest="classes_file", type=Path,
                    help="text file, one class name per line (index = line); overrides the layout's own list")
     p.add_argument("--out", type=Path, help="output folder (default: shards/<src>)")
     p.add_argument("--splits", help="comma-separated splits (default: train,val; ucf101/hmdb51: train,test)")
-    p.add_argument("--fold", type=int, default=1, help="ucf101/hmdb51 official split number (1-3)")
-    p.add_argument("--samples-per-shard", type=int, default=256)
+    p.add_argument("--fold", type=int, default=1, help="ucf101/hmdb51 official split number, 1-3 (default: 1)")
+    p.add_argument("--samples-per-shard", type=int, default=256, help="videos per tar (default: 256)")
     p.add_argument("--shard-bytes", type=_size, help="close a shard at this many source bytes (e.g. 1G)")
-    p.add_argument("--workers", type=int, default=2, help="encoder processes (0 = in this process)")
+    p.add_argument("--workers", type=int, default=2, help="encoder processes; 0 = in this process (default: 2)")
     p.add_argument("--codec", choices=CODECS, help="default: vp9 for synthetic, copy for real datasets")
     p.add_argument("--short-side", type=int, help="resize so the short side is this (re-encoding codecs)")
     p.add_argument("--gop", type=int, help="keyframe interval (re-encoding codecs)")
     p.add_argument("--limit", type=int, help="at most this many videos per split (after the seeded shuffle)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="shuffle + synthetic content seed (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="delete this tool's files for the splits and rebuild")
     p.add_argument("--max-failures", type=int, help="videos a split may skip before the run fails (default 5%%)")
     p.add_argument("--verify", action="store_true", help="after building (or resuming), re-read and check every shard")
-    p.add_argument("--synthetic-count", type=int, default=320, help="total clips; a quarter go to val")
-    p.add_argument("--synthetic-frames", type=int, default=32)
-    p.add_argument("--synthetic-size", type=int, default=80)
-    p.add_argument("--synthetic-classes", type=int, default=4, help="motion directions")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--synthetic-count", type=int, default=320, help="total clips; a quarter go to val (default: 320)")
+    p.add_argument("--synthetic-frames", type=int, default=32, help="frames per clip (default: 32)")
+    p.add_argument("--synthetic-size", type=int, default=80, help="clip width = height (default: 80)")
+    p.add_argument("--synthetic-classes", type=int, default=4, help="motion directions = classes (default: 4)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every skipped video")
     return p.parse_args(argv)
 
 
@@ -87,6 +86,8 @@ def _summary(report) -> str:
                  f"({rate:.1f} videos/s)")
     for split, m in report.manifests.items():
         lines.append(f"  {split} manifest: {m}")
+        if report.splits[split].videos_failed:
+            lines.append(f"  {split} failures (source, reason): {report.failure_logs[split]}")
     return "\n".join(lines)
 
 
@@ -103,16 +104,18 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: finished shards are kept; rerun the same command to resume", file=sys.stderr)
         return 130
-    except (LayoutError, UnknownLabelError, PlanMismatch, TooManyFailures, RuntimeError) as e:
+    except (LayoutError, UnknownLabelError, PlanMismatch, TooManyFailures, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print("summary:\n" + _summary(report))
-    if opts.verify:
-        rep = verify_shards(opts.out, workers=opts.workers, progress=opts.progress)
+    if report.verify is not None:
+        rep = report.verify
         print(f"verify: {rep.manifests} manifests, {rep.shards} shards, {rep.samples} samples, "
               f"{len(rep.problems)} problems")
         for p in rep.problems[:50]:
             print(f"  {p}")
+        if len(rep.problems) > 50:
+            print(f"  ... and {len(rep.problems) - 50} more")
         if rep.problems:
             return 1
     return 0

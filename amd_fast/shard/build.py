@@ -21,6 +21,7 @@ from .manifest import ShardLog, failures_path, journal_path, manifest_path, read
 from .options import ShardOptions
 from .plan import PlannedVideo, check_or_write_plan, plan_dict, plan_split
 from .transcode import EncodedVideo, VideoError, copy_video, encode_frames, transcode_video
+from .verify import VerifyReport, verify_shards
 from .writer import ShardWriter, finished_shard, read_index, sample_keys, tmp_path
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,9 @@ class SplitStats:
 class BuildReport:
     splits: Dict[str, SplitStats] = field(default_factory=dict)
     manifests: Dict[str, Path] = field(default_factory=dict)
-    wall_s: float = 0.0
+    wall_s: float = 0.0  # the build, without --verify
+    failure_logs: Dict[str, Path] = field(default_factory=dict)
+    verify: Optional[VerifyReport] = None  # set when opts.verify
 
 
 def load_index(o: ShardOptions) -> sources.SourceIndex:
@@ -143,6 +146,23 @@ class _Pool:
             self.pool.join()
 
 
+def _finished_shards(out: Path, split: str, planned: List[List[PlannedVideo]]) -> Dict[int, dict]:
+    """Shards a previous run finished: tar + idx consistent, keys as planned, and recorded in the
+    progress journal (with the same size) when closed. Their manifest entries, by shard number."""
+    journal = {r.get("shard"): r for r in read_jsonl(journal_path(out, split))}
+    done = {}
+    for i, shard in enumerate(planned):
+        rec = journal.get(i)
+        if rec is None:
+            continue
+        tar, idx = _shard_paths(out, split, i)
+        found = finished_shard(tar, idx)
+        if (found is not None and (rec.get("samples"), rec.get("bytes")) == found
+                and set(sample_keys(read_index(idx))) <= {v.key for v in shard}):
+            done[i] = {k: rec[k] for k in ("tar", "index", "samples", "bytes", "sha256")}
+    return done
+
+
 def _build_split(o: ShardOptions, index: sources.SourceIndex, split: str, pool: _Pool, stats: SplitStats) -> Path:
     out = o.out
     records = index.splits[split]
@@ -158,19 +178,13 @@ def _build_split(o: ShardOptions, index: sources.SourceIndex, split: str, pool: 
                            "were built. Rerun with --overwrite to rebuild them, or pick another --out")
     resumed = check_or_write_plan(out / f"{split}.plan.json", plan_dict(options, index.classes, planned))
 
-    # A shard is finished iff its tar + idx are consistent, its keys are the planned ones and
-    # the journal recorded it (with the same size) when it was closed.
-    journal = {r["shard"]: r for r in read_jsonl(journal_path(out, split))} if resumed else {}
-    done: Dict[int, dict] = {}
-    for i, shard in enumerate(planned):
-        tar, idx = _shard_paths(out, split, i)
-        found = finished_shard(tar, idx) if i in journal else None
-        rec = journal.get(i, {})
-        if (found is not None and (rec.get("samples"), rec.get("bytes")) == found
-                and set(sample_keys(read_index(idx))) <= {v.key for v in shard}):
-            done[i] = {k: rec[k] for k in ("tar", "index", "samples", "bytes", "sha256")}
-        else:  # unfinished: clear leftovers so a shard that now fails entirely leaves nothing behind
-            for p in (tar, idx, tmp_path(tar), tmp_path(idx)):
+    done = _finished_shards(out, split, planned) if resumed else {}
+    if len(done) < len(planned):
+        # Work to do: the split is no longer complete, so its old manifest must not outlive this run.
+        manifest_path(out, split).unlink(missing_ok=True)
+    for i in range(len(planned)):
+        if i not in done:  # clear leftovers, so a shard whose videos all fail now leaves nothing behind
+            for p in (*_shard_paths(out, split, i), *map(tmp_path, _shard_paths(out, split, i))):
                 p.unlink(missing_ok=True)
     failures = ShardLog(failures_path(out, split), set(done))
     finished = ShardLog(journal_path(out, split), set(done))
@@ -210,7 +224,8 @@ def _build_split(o: ShardOptions, index: sources.SourceIndex, split: str, pool: 
             remaining[i] -= 1
             if remaining[i] == 0:
                 if i in writers:
-                    done[i] = writers.pop(i).close().as_dict()
+                    done[i] = writers[i].close().as_dict()
+                    del writers[i]  # only now: if close() is interrupted, the finally below aborts it
                     finished.add(shard=i, **done[i])
                 else:
                     log.warning("%s: shard %d has no readable video; not written", split, i)
@@ -248,13 +263,28 @@ def build_shards_report(opts: ShardOptions) -> BuildReport:
         for split in o.splits:
             report.splits[split] = SplitStats()
             report.manifests[split] = _build_split(o, index, split, pool, report.splits[split])
+            report.failure_logs[split] = failures_path(o.out, split)
         ok = True
     finally:
         pool.close(terminate=not ok)
     report.wall_s = time.perf_counter() - t0
+    if o.verify:
+        report.verify = verify_shards(o.out, manifests=list(report.manifests.values()), workers=o.workers,
+                                      progress=o.progress)
     return report
 
 
+class VerifyFailed(RuntimeError):
+    pass
+
+
 def build_shards(opts: ShardOptions) -> Dict[str, Path]:
-    """Build (or resume) the shards described by ``opts``; returns split -> manifest path."""
-    return build_shards_report(opts).manifests
+    """Build (or resume) the shards described by ``opts``; returns split -> manifest path.
+
+    With ``opts.verify`` the result is re-read afterwards and :class:`VerifyFailed` lists the problems.
+    """
+    report = build_shards_report(opts)
+    if report.verify is not None and not report.verify.ok:
+        raise VerifyFailed(f"--verify found {len(report.verify.problems)} problem(s): "
+                           + "; ".join(report.verify.problems[:10]))
+    return report.manifests

@@ -109,9 +109,7 @@ class ShardOptions:
                 raise ValueError("synthetic classes must be in 2..360 (one motion direction each)")
             if o.synthetic_size % 2:
                 raise ValueError("synthetic size must be even (yuv420p)")
-        if o.src == "hmdb51" and o.fold not in (1, 2, 3):
-            raise ValueError("--fold must be 1, 2 or 3 (the official HMDB51/UCF101 splits)")
-        if o.src == "ucf101" and o.fold not in (1, 2, 3):
+        if o.src in ("hmdb51", "ucf101") and o.fold not in (1, 2, 3):
             raise ValueError("--fold must be 1, 2 or 3 (the official HMDB51/UCF101 splits)")
         return o
 

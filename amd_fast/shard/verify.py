@@ -100,10 +100,12 @@ def _check_shard(folder: Path, shard: dict, classes: list, problems: list, video
     return len(samples)
 
 
-def verify_shards(path, workers: int = 0, progress: bool = False) -> VerifyReport:
-    """Verify every ``*.manifest.json`` in folder ``path`` (or the one manifest file given)."""
+def verify_shards(path, manifests=None, workers: int = 0, progress: bool = False) -> VerifyReport:
+    """Verify every ``*.manifest.json`` in folder ``path`` (or the one manifest file given, or
+    just ``manifests``)."""
     path = Path(path)
-    manifests = [path] if path.is_file() else sorted(path.glob("*.manifest.json"))
+    if manifests is None:
+        manifests = [path] if path.is_file() else sorted(path.glob("*.manifest.json"))
     report = VerifyReport()
     if not manifests:
         report.problems.append(f"{path}: no *.manifest.json found")

@@ -94,18 +94,26 @@ class ShardWriter:
         self._lines.append(" ".join(parts))
 
     def close(self) -> ShardInfo:
-        self._tar.close()
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        self._raw.close()
-        idx_tmp = tmp_path(self.idx_path)
-        with open(idx_tmp, "w") as f:
-            f.write(f"{INDEX_VERSION} {len(self._lines)}\n")
-            f.writelines(line + "\n" for line in self._lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path(self.tar_path), self.tar_path)
-        os.replace(idx_tmp, self.idx_path)
+        """Publish tar then idx. Interrupted anywhere (Ctrl-C), it leaves no tar without its idx."""
+        published = False
+        try:
+            self._tar.close()
+            self._raw.flush()
+            os.fsync(self._raw.fileno())
+            self._raw.close()
+            idx_tmp = tmp_path(self.idx_path)
+            with open(idx_tmp, "w") as f:
+                f.write(f"{INDEX_VERSION} {len(self._lines)}\n")
+                f.writelines(line + "\n" for line in self._lines)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp_path(self.tar_path), self.tar_path)
+            os.replace(idx_tmp, self.idx_path)
+            published = True
+        finally:
+            if not published:
+                self.tar_path.unlink(missing_ok=True)
+                self.abort()
         _fsync_dir(self.tar_path.parent)
         return ShardInfo(self.tar_path.name, self.idx_path.name, len(self._lines), self._out.pos, self._out.sha.hexdigest())
 

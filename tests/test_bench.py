@@ -1,0 +1,91 @@
+"""bench/: the harness runs end to end in a tiny mode and its numbers are assembled correctly.
+
+Speed itself is never asserted (DESIGN: "Speed is measured by bench/, never asserted").
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # bench/ is a folder of scripts, not an installed package
+
+from bench import report, timing  # noqa: E402
+
+
+def _run_bench(tmp_path: Path, *args: str) -> dict:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "throughput.py"), "--device", "cpu", "--out", str(out),
+         "--repeats", "1", "--warmup", "0", *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jsons = list(out.glob("cpu-*.json"))
+    assert len(jsons) == 1, list(out.iterdir())
+    stem = jsons[0].with_suffix("")
+    for ext in (".md", ".png"):
+        assert stem.with_suffix(ext).stat().st_size > 0
+    assert stem.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "wrote" in proc.stdout  # the stdout summary names the files
+    return json.loads(jsons[0].read_text())
+
+
+def test_kernels_part_tiny_run_writes_every_op_shape_impl(tmp_path):
+    rec = _run_bench(tmp_path, "--parts", "kernels", "--kernel-batch", "1")
+    env = rec["environment"]
+    for key in ("torch", "triton", "dali", "av", "cpu_model", "date", "device"):
+        assert key in env
+    rows = {(e["op"], e["shape"], e["impl"]): e for e in rec["entries"] if e["part"] == "kernels"}
+    ops = {"masked_gather", "align_loss", "norm_pixel_loss"}
+    assert {k[0] for k in rows} == ops
+    assert {k[1] for k in rows} == {"vit_s", "vit_b"}
+    for op in ops:
+        for shape in ("vit_s", "vit_b"):
+            for impl in ("amd_reference", "eager"):
+                e = rows[(op, shape, impl)]
+                assert e["batch"] == 1 and e["ms_median"] > 0 and e["ms_spread"][0] <= e["ms_median"] <= e["ms_spread"][1]
+                assert e["bytes_modeled"] > 0 and e["gbps"] > 0
+            tri = rows[(op, shape, "triton")]
+            assert tri["ms_median"] is None and "not measured" in tri["status"]  # no CUDA: never a fake number
+            assert tri["bytes_modeled"] > 0
+
+
+def test_loaders_part_tiny_run_measures_both_loaders_and_decode(tmp_path, synthetic_shards):
+    rec = _run_bench(tmp_path, "--parts", "loaders", "--shards", str(synthetic_shards), "--loader-workers", "1",
+                     "--loader-batches", "1", "--loader-batch-size", "2", "--num-frames", "4",
+                     "--sampling-rate", "2", "--input-size", "32", "--decode-videos", "2")
+    clips = {e["backend"]: e for e in rec["entries"] if e["part"] == "loaders" and e["kind"] == "clips"}
+    assert set(clips) == {"dali", "eager"}
+    assert all(e["clips_per_s"] > 0 and e["workers"] == 1 for e in clips.values())
+    decoders = {(e["backend"], e["threads"]) for e in rec["entries"] if e.get("kind") == "decode" and e["frames_per_s"]}
+    assert {("pyav", "1"), ("pyav", "auto"), ("dali", "1")} <= decoders
+
+
+def test_timing_median_spread_and_iqr():
+    t = timing.Timing((5.0, 1.0, 3.0, 2.0, 4.0))
+    assert t.median == 3.0 and (t.min, t.max) == (1.0, 5.0)
+    assert t.iqr == (2.0, 4.0)
+    ms = t.to_ms()
+    assert ms["ms_median"] == 3000.0 and ms["ms_spread"] == [1000.0, 5000.0] and ms["repeats"] == 5
+    with pytest.raises(ValueError, match="repeats"):
+        timing.time_fn(lambda: None, device="cpu", repeats=0)
+
+
+def test_speedups_are_reference_over_impl_and_fast_over_eager():
+    entries = [
+        {"part": "kernels", "op": "a", "shape": "s", "impl": "amd_reference", "ms_median": 10.0},
+        {"part": "kernels", "op": "a", "shape": "s", "impl": "eager", "ms_median": 4.0},
+        {"part": "kernels", "op": "a", "shape": "s", "impl": "triton", "ms_median": None},
+        {"part": "loaders", "kind": "clips", "backend": "dali", "workers": 2, "clips_per_s": 30.0},
+        {"part": "loaders", "kind": "clips", "backend": "eager", "workers": 2, "clips_per_s": 10.0},
+        {"part": "train", "model": "m", "path": "fast", "clips_per_s": 6.0},
+        {"part": "train", "model": "m", "path": "eager", "clips_per_s": 2.0},
+    ]
+    assert report.kernel_speedups(entries) == {("a", "s"): {"amd_reference": 1.0, "eager": 2.5}}
+    assert report.loader_speedups(entries) == {2: 3.0}
+    assert report.train_speedups(entries) == {"m": 3.0}
