@@ -64,8 +64,10 @@ def test_both_loaders_give_the_same_frames_in_eval_mode(synthetic_shards, rate):
         assert torch.equal(a["label"], b["label"])
         diff = (a["video"] - b["video"]).abs()
         # decoders differ only by YUV->RGB rounding (DALI is ~1-2 grey levels brighter than swscale)
-        # and resize rounding
-        assert diff.mean() < 0.05, diff.mean()
+        # and resize rounding: ~0.025 per frame here; the neighbouring frame (e.g. DALI's pad_mode
+        # 'edge' repeating frame 31 instead of the stride grid's 30) gives 0.05-0.08
+        per_frame = diff.mean(dim=(1, 3, 4))  # (clip, t)
+        assert per_frame.max() < 0.04, per_frame.max()
         # and a wrong frame (start off by one stride) would differ far more on moving shapes
         assert (a["video"][:, :, 1:] - b["video"][:, :, :-1]).abs().mean() > 2 * diff.mean()
 

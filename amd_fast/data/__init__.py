@@ -14,6 +14,14 @@ Usage::
         loader.set_epoch(epoch)                    # no-op for the epoch a restored state is in
         for batch in loader: ...
         # checkpoint: {"data": loader.state_dict(), ...}
+
+Each ``iter(loader)`` is one epoch; the state counts the batches handed out, so save it after the
+step that used the last batch. Resume is deterministic: the epoch's order is rebuilt from
+(seed, epoch, rank); the eager loader skips the consumed batches without decoding them, the DALI
+loader reruns and drops them (one pass of decode time for the consumed part of the epoch).
+``DataConfig(train=False)`` is the eval/probe mode: middle clip, centre crop, stored order.
+Backends: ``backend='auto'`` takes DALI when its decoder on this device takes the shards' codec
+(CPU: vp9/vp8/mjpeg; CUDA 'mixed': also h264/hevc/mpeg4), else eager; the reason is logged.
 """
 from __future__ import annotations
 

@@ -2,16 +2,17 @@
 
 Everything per-sample happens inside the DALI graph (no Python per sample): the clip's frame
 indices are computed with DALI arithmetic from the ``.clipinfo`` int32 record (frames, width,
-height, label), decoding is ``fn.decoders.video(start_frame, stride, sequence_length)`` on the CPU or, with CUDA, 'mixed'
-(NVDEC) so the clips stay on the GPU; the batch is copied device-to-device into a torch tensor
-with DALI's PyTorch plugin (``feed_ndarray``). The math follows sampling.py exactly.
+height, label); decoding is ``fn.decoders.video(start_frame, stride, sequence_length)`` on the
+CPU or, with CUDA, 'mixed' (NVDEC) so the clips stay on the GPU; the batch is copied
+device-to-device into a torch tensor with DALI's PyTorch plugin (``feed_ndarray`` on torch's
+current stream, as DALIGenericIterator does). The math follows sampling.py exactly.
 
 Epochs: a fresh pipeline per epoch, seeded from (seed, epoch, rank), reading one contiguous part
 of the samples (``shard_id=(rank+epoch) % world, num_shards=world``: parts rotate per epoch as
 DALI's own reader does) shuffled in a buffer of ``shuffle_buffer`` samples (DALI shuffles locally:
-the tar order inside a part stays the stored order). The GPU copy into torch mirrors
-DALIGenericIterator (feed_ndarray on torch's current stream). Resume: the epoch's pipeline is rebuilt from the same seeds and the consumed
-batches are run again and dropped (deterministic; costs their decode time once).
+the tar order inside a part stays the stored order). Resume: the epoch's pipeline is rebuilt from
+the same seeds and the consumed batches are run again and dropped (deterministic; costs their
+decode time once).
 
 Undecodable video: DALI fails the whole batch (one decoder error per batch); that batch is dropped,
 the video counted (named from DALI's error) and the next batch taken in its place, so the epoch
@@ -190,7 +191,7 @@ class DaliLoader:
                 raise RuntimeError(f"undecodable video {where} (set data.on_bad_sample=skip to drop its batch "
                                    f"and go on)") from e
             if count:
-                self.bad.add("undecodable video (DALI drops its whole batch)", where, n=1)
+                self.bad.add("batch with an undecodable video (DALI drops the batch; counted per batch)", where, n=1)
             return None
 
     def _good_batches(self, pipe, count: bool = True):

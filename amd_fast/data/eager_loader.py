@@ -11,7 +11,8 @@ streaming the tars with ``webdataset``: it gives the identical per-rank split as
 per-epoch permutation of the rank's samples from ``(seed, epoch, rank)``, and an exact resume
 that skips consumed batches without decoding them. Worker split: the DataLoader hands whole
 batches to workers. Every random draw of a sample comes from ``(seed, epoch, rank, position)``,
-so batches do not depend on the number of workers.
+so batches do not depend on the number of workers. A video that fails to decode is replaced by
+the next sample in stored order and counted (see ClipDataset), so batch shapes stay static.
 """
 from __future__ import annotations
 
