@@ -6,11 +6,13 @@ needs its index (DALI reads by it, and so does the eager loader: random access b
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+from amd_fast.shard import manifest as shard_manifest
+from amd_fast.shard import writer as shard_writer
 
 log = logging.getLogger(__name__)
 
@@ -70,36 +72,22 @@ def _manifest_for(shards: Union[str, Path], split: str) -> Tuple[Optional[Path],
 
 
 def read_manifest(path: Path) -> dict:
+    """The shard tool's validated manifest, with its errors raised as ShardError."""
     try:
-        man = json.loads(Path(path).read_text())
+        return shard_manifest.read_manifest(path)
+    except ValueError as e:
+        raise ShardError(str(e)) from e
+
+
+def _parse_index(idx_path: Path, tar_path: Path) -> List[Tuple[str, Dict[str, Tuple[int, int]]]]:
+    """Members of each sample from the DALI index: [(key, {ext: (offset, size)})]."""
+    try:
+        index = shard_writer.read_index(idx_path)
     except (OSError, ValueError) as e:
-        raise ShardError(f"cannot read shard manifest {path}: {e}") from e
-    if not isinstance(man, dict) or "shards" not in man:
-        raise ShardError(f"{path} is not an amd_fast shard manifest (no 'shards' list)")
-    return man
-
-
-def _parse_index(idx_path: Path, tar_path: Path) -> List[Dict[str, Tuple[int, int]]]:
-    """Members of each sample from a DALI wds2idx v1.x index: [{ext: (offset, size)}]."""
-    try:
-        lines = idx_path.read_text().splitlines()
-    except OSError as e:
-        raise ShardError(f"cannot read index {idx_path}: {e}") from e
-    head = lines[0].split() if lines else []
-    if len(head) != 2 or not head[0].startswith("v1."):
-        raise ShardError(f"{idx_path} is not a DALI webdataset index (header {lines[:1]}); "
-                         f"rebuild it with `wds2idx {tar_path} {idx_path}`")
-    out = []
-    for line in lines[1:int(head[1]) + 1]:
-        parts = line.split()
-        members = {}
-        for k in range(0, len(parts) - 3, 4):  # v1.2: ext offset size name, repeated
-            members[parts[k]] = (int(parts[k + 1]), int(parts[k + 2]))
-        out.append((parts[3].split(".", 1)[0] if len(parts) >= 4 else "?", members))
-    if len(out) != int(head[1]):
-        raise ShardError(f"index {idx_path} announces {head[1]} samples but lists {len(out)}; it is truncated, "
-                         f"rebuild it with `wds2idx {tar_path} {idx_path}`")
-    return out
+        raise ShardError(f"cannot use index {idx_path}: {e}; rebuild it with `wds2idx {tar_path} {idx_path}` "
+                         "or rerun `python -m amd_fast.shard`") from e
+    keys = shard_writer.sample_keys(index)
+    return [(key, {ext: (off, size) for ext, off, size, _ in members}) for key, members in zip(keys, index)]
 
 
 def _check_tar(tar_path: Path, listing) -> None:

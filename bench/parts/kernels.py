@@ -107,3 +107,159 @@ def _masks(shape: KernelShape, batch: int, device: torch.device):
 def _bool_mask(idx: torch.Tensor, n: int) -> torch.Tensor:
     """(B, K) sorted ids -> (B, N) bool, the form the reference code indexes with."""
     return torch.zeros(idx.shape[0], n, dtype=torch.bool, device=idx.device).scatter_(1, idx, True)
+
+
+def _dtype(name: str) -> torch.dtype:
+    return getattr(torch, name)
+
+
+def _case_masked_gather(shape: KernelShape, batch: int, device, dtype) -> Case:
+    """Student input: (B, 1568, D_s) patch tokens + fixed sinusoid pos -> the 160 visible tokens."""
+    from amd_fast import ops
+    from bench import amd_reference as ref
+
+    masks = _masks(shape, batch, device)
+    n, d = shape.tokens, shape.student_dim
+    x = torch.randn(batch, n, d, device=device, dtype=dtype, requires_grad=True)
+    pos = torch.randn(1, n, d, device=device, dtype=dtype)  # VideoMAE/AMD: fixed sinusoid table, no grad
+    vis = masks.vis_idx
+    grad = torch.randn(batch, vis.shape[1], d, device=device, dtype=dtype)
+    student_masked = ~_bool_mask(vis, n)  # reference convention: True = masked (hidden from the student)
+
+    def run(f):
+        def call():
+            x.grad = None
+            f().backward(grad)
+        return call
+
+    return Case(
+        fns={
+            "amd_reference": run(lambda: ref.masked_gather(x, student_masked, pos)),
+            "eager": run(lambda: ops.masked_gather(x, vis, pos=pos, impl="eager")),
+            "triton": run(lambda: ops.masked_gather(x, vis, pos=pos, impl="triton")),
+        },
+        bytes_modeled=_modeled_bytes("masked_gather", batch=batch, tokens=n, kept=vis.shape[1], dim=d, dtype=dtype),
+        detail=f"x ({batch},{n},{d}) + pos -> ({batch},{vis.shape[1]},{d})",
+    )
+
+
+def _case_align_loss(shape: KernelShape, batch: int, device, dtype) -> Case:
+    """Direct (160 tokens) and generated (232 tokens) alignment, 2 layer pairs each, l2, teacher width."""
+    from amd_fast import ops
+    from bench import amd_reference as ref
+
+    masks = _masks(shape, batch, device)
+    d = shape.teacher_dim
+    k_dir, k_gen = masks.vis_idx.shape[1], masks.diff_idx.shape[1]
+    students = [torch.randn(batch, k, d, device=device, dtype=dtype, requires_grad=True)
+                for k in (k_dir,) * shape.align_pairs + (k_gen,) * shape.align_pairs]
+    teachers = [torch.randn_like(s, requires_grad=False) for s in students]
+    half = shape.align_pairs
+
+    def run(loss_fn):
+        def call():
+            for s in students:
+                s.grad = None
+            loss_fn().backward()
+        return call
+
+    def ours(impl):
+        return lambda: (ops.align_loss(students[:half], teachers[:half], kind="l2", impl=impl)
+                        + ops.align_loss(students[half:], teachers[half:], kind="l2", impl=impl))
+
+    def reference():
+        return (ref.align_loss(students[:half], teachers[:half], kind="l2")
+                + ref.align_loss(students[half:], teachers[half:], kind="l2"))
+
+    return Case(
+        fns={"amd_reference": run(reference), "eager": run(ours("eager")), "triton": run(ours("triton"))},
+        bytes_modeled=sum(_modeled_bytes("align_loss", batch=batch, tokens=k, dim=d, pairs=half, dtype=dtype)
+                          for k in (k_dir, k_gen)),
+        detail=f"{half}x({batch},{k_dir},{d}) direct + {half}x({batch},{k_gen},{d}) generated, l2",
+    )
+
+
+def _case_norm_pixel_loss(shape: KernelShape, batch: int, device, dtype) -> Case:
+    """Clip (B,3,16,224,224) fp32 + decoder output at the 1408 masked tokens (B,1408,1536) -> loss."""
+    from amd_fast import ops
+    from bench import amd_reference as ref
+
+    masks = _masks(shape, batch, device)
+    n, pv = shape.tokens, shape.patch_values
+    video = torch.randn(batch, 3, shape.frames, shape.size, shape.size, device=device, dtype=torch.float32)
+    mask_idx = masks.mask_idx
+    pred = torch.randn(batch, mask_idx.shape[1], pv, device=device, dtype=dtype, requires_grad=True)
+    student_masked = _bool_mask(mask_idx, n)
+    kw = dict(tubelet=shape.tubelet, patch=shape.patch)
+
+    def run(loss_fn):
+        def call():
+            pred.grad = None
+            loss_fn().backward()
+        return call
+
+    return Case(
+        fns={
+            "amd_reference": run(lambda: ref.norm_pixel_loss(video, student_masked, pred, **kw)),
+            "eager": run(lambda: ops.norm_pixel_loss(video, mask_idx, pred, impl="eager", **kw)),
+            "triton": run(lambda: ops.norm_pixel_loss(video, mask_idx, pred, impl="triton", **kw)),
+        },
+        bytes_modeled=_modeled_bytes("norm_pixel_loss", batch=batch, masked=mask_idx.shape[1], patch_values=pv,
+                                     video_dtype=torch.float32, dtype=dtype),
+        detail=f"video ({batch},3,{shape.frames},{shape.size},{shape.size}) fp32, pred ({batch},{mask_idx.shape[1]},{pv})",
+    )
+
+
+CASES = {"masked_gather": _case_masked_gather, "align_loss": _case_align_loss,
+         "norm_pixel_loss": _case_norm_pixel_loss}
+
+
+def _modeled_bytes(op: str, **kw) -> int:
+    """HBM bytes a fused fwd+bwd of ``op`` must move, from the kernel module's own model."""
+    import importlib
+
+    module = importlib.import_module(f"amd_fast.kernels.{op}")
+    return int(module.bytes_moved(**kw))
+
+
+def run(args, device: torch.device, shards=None) -> tuple[list[dict], dict, list[str]]:
+    s = settings_for(args, device)
+    unknown = [o for o in s["kernel_ops"] if o not in OPS] + [x for x in s["kernel_shapes"] if x not in SHAPES]
+    if unknown:
+        raise SystemExit(f"--kernel-ops/--kernel-shapes: unknown {unknown}; ops: {','.join(OPS)}; "
+                         f"shapes: {','.join(SHAPES)}")
+    dtype = _dtype(s["kernel_dtype"])
+    peak_bw = timing.peak_bandwidth(device)
+    batch = s["kernel_batch"]
+    entries, notes = [], []
+    for shape_name in s["kernel_shapes"]:
+        shape = SHAPES[shape_name]
+        for op in s["kernel_ops"]:
+            case = CASES[op](shape, batch, device, dtype)
+            for impl in IMPLS:
+                row = {"part": "kernels", "op": op, "shape": shape_name, "impl": impl, "batch": batch,
+                       "dtype": s["kernel_dtype"], "inputs": case.detail, "bytes_modeled": case.bytes_modeled,
+                       "ms_median": None, "ms_spread": None, "gbps": None, "bw_fraction": None,
+                       "peak_mem_bytes": None}
+                if impl == "triton" and device.type != "cuda":
+                    row["status"] = NOT_MEASURED_CPU
+                    entries.append(row)
+                    continue
+                log.info("kernel %s %s %s (B=%d)", op, shape_name, impl, batch)
+                fn = case.fns[impl]
+                t = timing.time_fn(fn, device=device, warmup=s["kernel_warmup"], repeats=s["kernel_repeats"])
+                row.update(t.to_ms())
+                row["gbps"] = case.bytes_modeled / t.median / 1e9
+                if peak_bw:
+                    row["bw_fraction"] = case.bytes_modeled / t.median / peak_bw
+                if device.type == "cuda":
+                    row["peak_mem_bytes"] = timing.cuda_peak_memory(fn, device)
+                row["status"] = "measured"
+                entries.append(row)
+            del case
+    notes.append(f"Kernels: forward+backward per call, B={batch}, features {s['kernel_dtype']}, clip float32; "
+                 "GB/s = modeled bytes (minimum fused traffic, same for all impls) / median time.")
+    if device.type != "cuda":
+        notes.append("Kernels: " + CPU_PEAK_MEM + "; peak bandwidth of a CPU is not known here, so only achieved "
+                     "GB/s is reported.")
+    return entries, s, notes
