@@ -86,7 +86,8 @@ def kernel_speedups(entries: list[dict]) -> dict[tuple[str, str], dict[str, floa
     out = {}
     for key, times in by_key.items():
         ref = times.get("amd_reference")
-        out[key] = {impl: ref / t for impl, t in times.items() if ref}
+        if ref:
+            out[key] = {impl: ref / t for impl, t in times.items()}
     return out
 
 
@@ -238,7 +239,7 @@ def _chart_loaders(ax, entries: list[dict]) -> None:
 
 
 def _chart_kernels(ax, entries: list[dict]) -> None:
-    groups = sorted({(e["op"], e["shape"]) for e in entries}, key=lambda k: (k[0], k[1]))
+    groups = list(dict.fromkeys((e["op"], e["shape"]) for e in entries))  # run order: op by op, shape by shape
     impls = [i for i in ("amd_reference", "eager", "triton") if any(e["impl"] == i for e in entries)]
     width = 0.8 / max(1, len(impls))
     for j, impl in enumerate(impls):
@@ -248,7 +249,8 @@ def _chart_kernels(ax, entries: list[dict]) -> None:
         ax.bar(xs, vals, width, yerr=err, capsize=2, label=impl)
         for x, r in zip(xs, rows):
             if not r.get("ms_median"):
-                ax.text(x, 0, "n/m", rotation=90, ha="center", va="bottom", fontsize=7)
+                ax.text(x, 0.02, "n/m", rotation=90, ha="center", va="bottom", fontsize=7,
+                        transform=ax.get_xaxis_transform())  # axis-relative y: works on a log scale
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([f"{op}\n{shape}" for op, shape in groups], fontsize=7)
     if any(e.get("ms_median") for e in entries):

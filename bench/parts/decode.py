@@ -87,7 +87,8 @@ def measure_dali(tars: list[Path], idxs: list[Path], *, device: torch.device, n_
 
     device_id = (device.index or 0) if device.type == "cuda" else None  # None = CPU-only pipeline
 
-    @pipeline_def(batch_size=1, num_threads=threads, device_id=device_id, prefetch_queue_depth=2)
+    # One video per thread per batch: DALI parallelises over the samples of a batch.
+    @pipeline_def(batch_size=threads, num_threads=threads, device_id=device_id, prefetch_queue_depth=2)
     def decode_pipe():
         enc = fn.readers.webdataset(paths=[str(t) for t in tars], index_paths=[str(i) for i in idxs],
                                     ext=[";".join(VIDEO_EXTS)], random_shuffle=False, name="reader")
@@ -96,23 +97,24 @@ def measure_dali(tars: list[Path], idxs: list[Path], *, device: torch.device, n_
     pipe = decode_pipe()
     pipe.build()
 
-    def run(n: int) -> int:
+    def run(n_batches: int) -> int:
         frames = 0
-        for _ in range(n):
+        for _ in range(n_batches):
             (out,) = pipe.run()
-            frames += int(out.shape()[0][0])  # shape is host metadata: no device sync
+            frames += sum(int(s[0]) for s in out.shape())  # shapes are host metadata: no device sync
         if device.type == "cuda":
             out.as_cpu()  # wait for the last decode to finish before stopping the clock
         return frames
 
     run(max(1, warmup))
+    n_batches = max(1, -(-n_videos // threads))
     samples, frames = [], 0
     for _ in range(repeats):
         t0 = time.perf_counter()
-        frames = run(n_videos)
+        frames = run(n_batches)
         samples.append(frames / (time.perf_counter() - t0))
     del pipe
-    return _entry("dali", samples, videos=n_videos, frames=frames, threads=str(threads),
+    return _entry("dali", samples, videos=n_batches * threads, frames=frames, threads=str(threads),
                   dali_backend=dali_device)
 
 

@@ -33,7 +33,7 @@ def settings_for(args, device: torch.device) -> dict:
     return {
         "loader_workers": args.loader_workers or default_workers(),
         "loader_batch_size": args.loader_batch_size or (16 if cuda else 4),
-        "loader_batches": args.loader_batches or (20 if cuda else 6),
+        "loader_batches": args.loader_batches or (20 if cuda else 12),
         "input_size": args.input_size or (224 if cuda else 112),
         "num_frames": args.num_frames or 16,
         "sampling_rate": args.sampling_rate or (4 if cuda else 2),

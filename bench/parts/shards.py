@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # and a short side a little above the crop, as in Kinetics shards resized to short side 256.
 SYNTHETIC = {
     "cuda": dict(synthetic_count=160, synthetic_frames=80, synthetic_size=256, gop=16),
-    "cpu": dict(synthetic_count=40, synthetic_frames=48, synthetic_size=128, gop=16),
+    "cpu": dict(synthetic_count=80, synthetic_frames=48, synthetic_size=128, gop=16),
 }
 
 
