@@ -139,12 +139,13 @@ def _md_kernels(entries: list[dict]) -> str:
         ratio = speed.get((e["op"], e["shape"]), {}).get(e["impl"])
         rows.append([e["op"], e["shape"], str(e.get("batch", "–")), e["impl"], _fmt(e.get("ms_median")),
                      _spread(e, "ms_spread"), f"×{_fmt(ratio)}" if ratio else "–",
-                     _bytes(e.get("bytes_modeled")), _fmt(e.get("gbps")),
+                     f"{_bytes(e.get('bytes_modeled'))} / {_bytes(e.get('bytes_modeled_reference'))}",
+                     _fmt(e.get("gbps")),
                      _fmt(100 * e["bw_fraction"]) + " %" if e.get("bw_fraction") is not None else "–",
                      _bytes(e.get("peak_mem_bytes")), e.get("status", "measured")])
     return "\n".join(["### Kernels (forward + backward, ms, lower is better)", "",
                       _table(["op", "shape", "B", "impl", "ms (median)", "min–max", "vs AMD ref",
-                              "modeled bytes", "GB/s", "% peak BW", "peak mem", "status"], rows)])
+                              "modeled bytes (fused / AMD-style)", "GB/s", "% peak BW", "peak mem", "status"], rows)])
 
 
 def _md_train(entries: list[dict]) -> str:
@@ -172,6 +173,8 @@ def markdown(record: dict) -> str:
         "torch {torch} · triton {triton} · DALI {dali} · PyAV {av} · timm {timm} · python {python} · "
         "{cpu_count} CPU cores, {torch_threads} torch threads".format(**env),
     ]
+    if env.get("loadavg_start"):
+        head.append(f"· load average (1/5/15 min) at start {env['loadavg_start']}, at end {env.get('loadavg_end')}")
     if env.get("peak_bandwidth_bytes_per_s"):
         head.append(f"· peak DRAM bandwidth {env['peak_bandwidth_bytes_per_s'] / 1e12:.2f} TB/s (published)")
     head += ["", "Settings: " + ", ".join(f"`{k}={v}`" for k, v in record.get("settings", {}).items())]

@@ -79,23 +79,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--loader-workers", type=_int_list, default=None,
                    help="worker/thread counts to compare (default: 1,2,4,8,... up to the CPU count)")
     g.add_argument("--loader-batch-size", type=int, default=None, help="videos per batch (default: cuda 16, cpu 4)")
-    g.add_argument("--loader-batches", type=int, default=None, help="timed batches per repeat (default: cuda 20, cpu 6)")
+    g.add_argument("--loader-batches", type=int, default=None, help="timed batches per repeat (default: cuda 20, cpu 12)")
     g.add_argument("--input-size", type=int, default=None, help="crop size (default: cuda 224, cpu 112)")
     g.add_argument("--num-frames", type=int, default=None, help="frames per clip (default: 16)")
     g.add_argument("--sampling-rate", type=int, default=None, help="frame stride (default: cuda 4, cpu 2)")
     g.add_argument("--decode-videos", type=int, default=None, help="videos decoded for the decode limit (default: 16)")
     g = p.add_argument_group("kernels")
     g.add_argument("--kernel-batch", type=int, default=None,
-                   help="batch B for the kernel shapes (default: cuda 32 as in the paper, cpu 2)")
+                   help="batch B for the kernel shapes (default: cuda 32 as in the paper, cpu 8)")
     g.add_argument("--kernel-shapes", type=_str_list, default=None, help="vit_s,vit_b")
     g.add_argument("--kernel-ops", type=_str_list, default=None, help="masked_gather,align_loss,norm_pixel_loss")
     g = p.add_argument_group("train")
     g.add_argument("--train-models", type=_str_list, default=None,
-                   help="student:teacher pairs (default: cuda vit_small:vit_base,vit_base:vit_large; "
-                        "cpu vit_tiny_cpu:vit_tiny_cpu)")
+                   help="student:teacher arch pairs (default: cuda vit_small:vit_large,vit_base:vit_large,"
+                        "vit_small:vit_base; cpu vit_tiny_cpu:vit_mini_cpu)")
     g.add_argument("--train-paths", type=_str_list, default=None, help="fast,eager,eager_naive_attn")
-    g.add_argument("--train-steps", type=int, default=None, help="timed steps per path (default: cuda 20, cpu 6)")
+    g.add_argument("--train-steps", type=int, default=None, help="timed steps per path (default: cuda 20, cpu 10)")
     g.add_argument("--train-batch-size", type=int, default=None, help="videos per step (default: cuda 16, cpu 2)")
+    g.add_argument("--train-num-sample", type=int, default=None,
+                   help="clips per video (repeated augmentation; default: cuda 4 as the paper, cpu 1)")
     g.add_argument("--train-workers", type=int, default=None, help="loader workers/threads in the train part")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -113,7 +115,8 @@ def validate(args: argparse.Namespace) -> None:
     unknown = [p for p in args.parts if p not in PARTS]
     if unknown or not args.parts:
         raise SystemExit(f"--parts: unknown {unknown or 'empty list'}; choose from {','.join(PARTS)}")
-    for name in ("repeats", "kernel_batch", "loader_batch_size", "loader_batches", "train_steps", "train_batch_size"):
+    for name in ("repeats", "kernel_batch", "loader_batch_size", "loader_batches", "train_steps", "train_batch_size",
+                 "train_num_sample", "train_workers"):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1 (got {v})")
@@ -191,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
     seconds = time.perf_counter() - t0
     record["settings"]["total_seconds"] = round(seconds, 1)
+    record["environment"]["loadavg_end"] = timing.load_average()
     paths = report.write_all(record, args.out)
     print(summary(record, paths, seconds))
     return 0

@@ -109,6 +109,48 @@ def time_fn(
     return Timing(tuple(samples))
 
 
+def time_interleaved(
+    fns: dict[str, Callable[[], object]],
+    *,
+    device: torch.device | str,
+    warmup: int = 2,
+    repeats: int = 5,
+    inner: int = 1,
+) -> dict[str, Timing]:
+    """Per-call seconds of several implementations of one op, their repeats taken in turn
+    (a, b, c, a, b, c, ...) so that a change in machine load (other processes, clocks, thermal)
+    hits every implementation alike instead of whichever happened to run then.
+
+    Each repeat times ``inner`` back-to-back calls and divides: on CUDA, kernels of tens of
+    microseconds need a few calls in flight so that launch latency is not what gets measured.
+    """
+    if repeats < 1 or inner < 1:
+        raise ValueError(f"repeats and inner must be >= 1 (got {repeats}, {inner}); pass --repeats 1 or more")
+    device = torch.device(device)
+    for fn in fns.values():
+        for _ in range(max(0, warmup)):
+            fn()
+    synchronize(device)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            synchronize(device)
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(inner):
+                    fn()
+                end.record()
+                end.synchronize()
+                samples[name].append(start.elapsed_time(end) / 1e3 / inner)
+            else:
+                t0 = time.perf_counter()
+                for _ in range(inner):
+                    fn()
+                samples[name].append((time.perf_counter() - t0) / inner)
+    return {name: Timing(tuple(v)) for name, v in samples.items()}
+
+
 def cuda_peak_memory(fn: Callable[[], object], device: torch.device | str) -> int:
     """Peak bytes allocated by torch on ``device`` during one ``fn()`` call, above what was live before.
 
@@ -165,6 +207,14 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def load_average() -> list[float] | None:
+    """1/5/15-minute load averages of the machine (None where the OS has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def device_label(device: torch.device | str) -> str:
     """Short name used in output file names: ``cpu``, ``h100``, ``h200`` or the sanitized GPU name."""
     device = torch.device(device)
@@ -196,6 +246,9 @@ def environment(device: torch.device | str) -> dict:
         "timm": _version("timm"),
         "triton_interpret": os.environ.get("TRITON_INTERPRET"),
         "peak_bandwidth_bytes_per_s": peak_bandwidth(device),
+        # Other processes on the machine skew CPU numbers badly (oversubscribed OpenMP threads):
+        # recorded so a reader can tell a quiet run from a busy one.
+        "loadavg_start": load_average(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

@@ -80,19 +80,21 @@ class Case:
     """One op at one shape: a fwd+bwd callable per implementation, and the modeled bytes."""
 
     fns: dict[str, Callable[[], None]]
-    bytes_modeled: int
+    bytes_modeled: int  # fused kernel's minimum traffic: the GB/s numerator for every impl
+    bytes_reference: int  # modeled traffic of the AMD-style code, for context
     detail: str
 
 
 def settings_for(args, device: torch.device) -> dict:
     cuda = device.type == "cuda"
     return {
-        "kernel_batch": args.kernel_batch or (32 if cuda else 2),
+        "kernel_batch": args.kernel_batch or (32 if cuda else 8),
         "kernel_shapes": args.kernel_shapes or list(SHAPES),
         "kernel_ops": args.kernel_ops or list(OPS),
         "kernel_dtype": "bfloat16" if cuda else "float32",
         "kernel_repeats": args.repeats or 5,
         "kernel_warmup": 2 if args.warmup is None else args.warmup,
+        "kernel_inner": 10 if cuda else 1,  # calls per timed sample (CUDA: hide launch latency)
     }
 
 
@@ -139,6 +141,8 @@ def _case_masked_gather(shape: KernelShape, batch: int, device, dtype) -> Case:
             "triton": run(lambda: ops.masked_gather(x, vis, pos=pos, impl="triton")),
         },
         bytes_modeled=_modeled_bytes("masked_gather", batch=batch, tokens=n, kept=vis.shape[1], dim=d, dtype=dtype),
+        bytes_reference=_modeled_bytes("masked_gather", "reference_bytes_moved", batch=batch, tokens=n,
+                                       kept=vis.shape[1], dim=d, dtype=dtype),
         detail=f"x ({batch},{n},{d}) + pos -> ({batch},{vis.shape[1]},{d})",
     )
 
@@ -175,6 +179,8 @@ def _case_align_loss(shape: KernelShape, batch: int, device, dtype) -> Case:
         fns={"amd_reference": run(reference), "eager": run(ours("eager")), "triton": run(ours("triton"))},
         bytes_modeled=sum(_modeled_bytes("align_loss", batch=batch, tokens=k, dim=d, pairs=half, dtype=dtype)
                           for k in (k_dir, k_gen)),
+        bytes_reference=sum(_modeled_bytes("align_loss", "reference_bytes_moved", batch=batch, tokens=k, dim=d,
+                                           pairs=half, dtype=dtype) for k in (k_dir, k_gen)),
         detail=f"{half}x({batch},{k_dir},{d}) direct + {half}x({batch},{k_gen},{d}) generated, l2",
     )
 
@@ -206,6 +212,9 @@ def _case_norm_pixel_loss(shape: KernelShape, batch: int, device, dtype) -> Case
         },
         bytes_modeled=_modeled_bytes("norm_pixel_loss", batch=batch, masked=mask_idx.shape[1], patch_values=pv,
                                      video_dtype=torch.float32, dtype=dtype),
+        bytes_reference=_modeled_bytes("norm_pixel_loss", "reference_bytes_moved", batch=batch,
+                                       masked=mask_idx.shape[1], patch_values=pv, tokens=n,
+                                       video_dtype=torch.float32, dtype=dtype),
         detail=f"video ({batch},3,{shape.frames},{shape.size},{shape.size}) fp32, pred ({batch},{mask_idx.shape[1]},{pv})",
     )
 
@@ -214,12 +223,13 @@ CASES = {"masked_gather": _case_masked_gather, "align_loss": _case_align_loss,
          "norm_pixel_loss": _case_norm_pixel_loss}
 
 
-def _modeled_bytes(op: str, **kw) -> int:
-    """HBM bytes a fused fwd+bwd of ``op`` must move, from the kernel module's own model."""
+def _modeled_bytes(op: str, model: str = "bytes_moved", **kw) -> int:
+    """Modeled HBM bytes of one fwd+bwd of ``op``, from the kernel module's own model
+    (``bytes_moved``: the fused kernel; ``reference_bytes_moved``: the AMD-style code)."""
     import importlib
 
     module = importlib.import_module(f"amd_fast.kernels.{op}")
-    return int(module.bytes_moved(**kw))
+    return int(getattr(module, model)(**kw))
 
 
 def run(args, device: torch.device, shards=None) -> tuple[list[dict], dict, list[str]]:
@@ -243,24 +253,27 @@ def run(args, device: torch.device, shards=None) -> tuple[list[dict], dict, list
                 entries += [{"part": "kernels", "op": op, "shape": shape_name, "impl": impl, "batch": batch,
                              "ms_median": None, "status": reason} for impl in IMPLS]
                 continue
+            measured = {impl: fn for impl, fn in case.fns.items() if impl != "triton" or device.type == "cuda"}
+            log.info("kernel %s %s: %s (B=%d)", op, shape_name, ", ".join(measured), batch)
+            timings = timing.time_interleaved(measured, device=device, warmup=s["kernel_warmup"],
+                                              repeats=s["kernel_repeats"], inner=s["kernel_inner"])
             for impl in IMPLS:
                 row = {"part": "kernels", "op": op, "shape": shape_name, "impl": impl, "batch": batch,
                        "dtype": s["kernel_dtype"], "inputs": case.detail, "bytes_modeled": case.bytes_modeled,
+                       "bytes_modeled_reference": case.bytes_reference,
                        "ms_median": None, "ms_spread": None, "gbps": None, "bw_fraction": None,
                        "peak_mem_bytes": None}
-                if impl == "triton" and device.type != "cuda":
+                if impl not in timings:
                     row["status"] = NOT_MEASURED_CPU
                     entries.append(row)
                     continue
-                log.info("kernel %s %s %s (B=%d)", op, shape_name, impl, batch)
-                fn = case.fns[impl]
-                t = timing.time_fn(fn, device=device, warmup=s["kernel_warmup"], repeats=s["kernel_repeats"])
+                t = timings[impl]
                 row.update(t.to_ms())
                 row["gbps"] = case.bytes_modeled / t.median / 1e9
                 if peak_bw:
                     row["bw_fraction"] = case.bytes_modeled / t.median / peak_bw
                 if device.type == "cuda":
-                    row["peak_mem_bytes"] = timing.cuda_peak_memory(fn, device)
+                    row["peak_mem_bytes"] = timing.cuda_peak_memory(case.fns[impl], device)
                 row["status"] = "measured"
                 entries.append(row)
             del case

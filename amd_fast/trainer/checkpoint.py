@@ -1,0 +1,142 @@
+"""Training checkpoints: atomic writes on rank 0, keep the last K, resume from the newest valid one.
+
+A checkpoint is one ``torch.save`` file ``step-000001234.pt`` holding ``format``, ``step``, ``epoch``,
+``student`` (unwrapped state dict), ``optimizer``, ``rng`` (one entry per rank: torch, cuda, numpy,
+python), ``data`` (the loader's ``state_dict()``), ``config`` and ``world_size``. It is written to a
+temporary file in the same folder, flushed and fsync'ed, then renamed over the final name (and the
+folder fsync'ed), so a crash leaves either the old set of files or a complete new one, never a torn
+``step-*.pt``. Resume 'auto' still checks each candidate: a file that cannot be read or lacks keys is
+skipped with a warning and the next newest is used.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+FORMAT = "amd_fast.train/1"
+REQUIRED_KEYS = ("format", "step", "epoch", "student", "optimizer")
+_NAME = re.compile(r"^step-(\d+)\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used (message names the file and the problem)."""
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:09d}.pt"
+
+
+def atomic_save(obj: Any, path: Path) -> Path:
+    """``torch.save`` to ``path`` via temp file + fsync + rename; never leaves a partial ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def list_checkpoints(folder: Path) -> List[Tuple[int, Path]]:
+    """(step, path) of the ``step-*.pt`` files in ``folder``, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.iterdir():
+        m = _NAME.match(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> Dict[str, Any]:
+    """Read and check one training checkpoint; CheckpointError if unreadable or incomplete."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # truncated zip, bad pickle, I/O error: all mean "not usable"
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an amd_fast training checkpoint (format {FORMAT!r} expected)")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {missing}")
+    return state
+
+
+def find_resume(folder: Path) -> Optional[Tuple[Path, Dict[str, Any]]]:
+    """The newest checkpoint in ``folder`` that loads; unreadable ones are skipped with a warning."""
+    for step, path in reversed(list_checkpoints(folder)):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as e:
+            log.warning("skipping %s", e)
+    return None
+
+
+def prune(folder: Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` checkpoints."""
+    for _, path in list_checkpoints(folder)[:-keep_last]:
+        path.unlink(missing_ok=True)
+
+
+def rng_state() -> Dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+class CheckpointManager:
+    """Saves (rank 0 only) and finds checkpoints in one folder."""
+
+    def __init__(self, folder: Path, keep_last: int, is_main: bool):
+        self.folder, self.keep_last, self.is_main = Path(folder), keep_last, is_main
+
+    def save(self, state: Dict[str, Any], step: int, name: Optional[str] = None) -> Optional[Path]:
+        if not self.is_main:
+            return None
+        path = atomic_save({"format": FORMAT, **state}, self.folder / (name or checkpoint_name(step)))
+        if name is None:
+            prune(self.folder, self.keep_last)
+        log.info("checkpoint: %s", path)
+        return path
+
+    def resolve(self, resume: str) -> Optional[Tuple[Path, Dict[str, Any]]]:
+        """'none' -> None; 'auto' -> newest valid in the folder or None; a path -> that file (must load)."""
+        if resume == "none":
+            return None
+        if resume == "auto":
+            return find_resume(self.folder)
+        path = Path(resume)
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint.resume={resume!r}: no such file; use 'auto', 'none' or a path")
+        return path, load_checkpoint(path)

@@ -1,0 +1,106 @@
+"""Per-step metrics without per-step host syncs.
+
+Each step hands over its loss terms, grad norm (device tensors), lr, and two host timings: the time
+blocked in ``next(loader)`` and the wall time of the whole step. Device values are summed on the device;
+every ``log_every`` steps (and at the end) they are read once (one sync), averaged over the window and,
+in a distributed run, over the ranks, then written by rank 0 to ``metrics.jsonl`` (one JSON object per
+logged step), TensorBoard (optional) and the tqdm bar / log.
+
+``clips_per_s`` counts clips (videos x num_sample) over all ranks per second of wall time;
+``data_wait`` is the fraction of that wall time spent blocked in ``next(loader)`` (rank 0's view).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+import torch.distributed as dist
+
+from amd_fast.trainer.distributed import DistInfo
+
+log = logging.getLogger(__name__)
+
+
+class Telemetry:
+    def __init__(self, info: DistInfo, log_dir: Path, *, log_every: int, total_steps: int, start_step: int,
+                 clips_per_step: int, tensorboard: bool, progress: bool):
+        self.info, self.log_every, self.clips_per_step = info, log_every, clips_per_step
+        self.total_steps = total_steps
+        self._sums: Optional[torch.Tensor] = None
+        self._names: Optional[list] = None
+        self._n = 0
+        self._wait = 0.0
+        self._t0 = time.perf_counter()
+        self.last: Dict[str, float] = {}
+        self.path = Path(log_dir) / "metrics.jsonl"
+        self._file = self._tb = self._bar = None
+        if info.is_main:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a")
+            if tensorboard:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+
+                    self._tb = SummaryWriter(str(Path(log_dir) / "tb"))
+                except ImportError as e:  # tensorboard is optional
+                    log.warning("TensorBoard disabled (%s); install tensorboard or set log.tensorboard=false", e)
+            if progress:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
+                                 dynamic_ncols=True, mininterval=1.0)
+
+    def record(self, step: int, terms: Dict[str, torch.Tensor], grad_norm: torch.Tensor, lr: float,
+               data_wait_s: float) -> None:
+        """Add one finished step (``step`` = steps done so far, 1-based); logs at every ``log_every`` steps."""
+        if self._names is None:
+            self._names = list(terms) + ["grad_norm"]
+        vals = torch.stack([terms[k].float() for k in self._names[:-1]] + [grad_norm.detach().float()])
+        self._sums = vals if self._sums is None else self._sums + vals
+        self._n += 1
+        self._wait += data_wait_s
+        self._lr = lr
+        if self._bar is not None:
+            self._bar.update(1)
+        if step % self.log_every == 0 or step == self.total_steps:
+            self.flush(step)
+
+    def flush(self, step: int) -> None:
+        if self._n == 0:
+            return
+        sums = self._sums
+        if self.info.distributed:
+            sums = sums.clone()
+            dist.all_reduce(sums)  # mean over ranks (NCCL on CUDA tensors, Gloo on CPU)
+            sums /= self.info.world_size
+        values = (sums / self._n).tolist()  # the one host sync of the window
+        wall = time.perf_counter() - self._t0
+        row = {"step": step, **{k: v for k, v in zip(self._names, values)}, "lr": self._lr,
+               "clips_per_s": self.clips_per_step * self._n / max(wall, 1e-9),
+               "data_wait": self._wait / max(wall, 1e-9), "time": time.time()}
+        self.last = row
+        if self.info.is_main:
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
+            if self._tb is not None:
+                for k, v in row.items():
+                    if k not in ("step", "time"):
+                        self._tb.add_scalar(f"train/{k}", v, step)
+            msg = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("step", "time"))
+            if self._bar is not None:
+                self._bar.set_postfix_str(f"loss={row['loss']:.4f} clips/s={row['clips_per_s']:.1f}", refresh=False)
+            log.info("step %d/%d %s", step, self.total_steps, msg)
+        self._sums, self._n, self._wait = None, 0, 0.0
+        self._t0 = time.perf_counter()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._file is not None:
+            self._file.close()
