@@ -15,9 +15,9 @@ from pathlib import Path
 PARTS = ("loaders", "kernels", "train")
 
 
-def output_stem(out_dir: Path, env: dict) -> Path:
-    """``<out>/<device>-<YYYY-MM-DD>``; the same device and day overwrites (latest run wins)."""
-    return Path(out_dir) / f"{env['device_label']}-{env['date'][:10]}"
+def output_stem(out_dir: Path, env: dict, suffix: str = "") -> Path:
+    """``<out>/<device>-<YYYY-MM-DD><suffix>``; the same device and day overwrites (latest run wins)."""
+    return Path(out_dir) / f"{env['device_label']}-{env['date'][:10]}{suffix}"
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -27,10 +27,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_all(record: dict, out_dir: Path) -> dict[str, Path]:
+def write_all(record: dict, out_dir: Path, suffix: str = "") -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = output_stem(out_dir, record["environment"])
+    stem = output_stem(out_dir, record["environment"], suffix)
     paths = {ext: stem.with_suffix("." + ext) for ext in ("json", "md", "png")}
     _atomic_write(paths["json"], (json.dumps(record, indent=2, default=str) + "\n").encode())
     _atomic_write(paths["md"], markdown(record).encode())

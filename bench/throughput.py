@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -168,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
               "entries": [], "notes": []}
     log.info("bench on %s (%s); parts: %s", device, env.get("gpu_name") or env["cpu_model"], ",".join(args.parts))
 
+    failed: list[str] = []
     shards = None
     if any(p in args.parts for p in ("loaders", "train")):
         from bench.parts import shards as shard_part
@@ -186,7 +186,16 @@ def main(argv: list[str] | None = None) -> int:
             from bench.parts import kernels as mod
         else:
             from bench.parts import train as mod
-        entries, settings, notes = mod.run(args, device, shards=shards)
+        try:
+            entries, settings, notes = mod.run(args, device, shards=shards)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as err:  # keep the other parts' numbers; the failure is recorded and the exit code set
+            log.exception("part %s failed", part)
+            failed.append(part)
+            record["notes"].append(f"Part {part} FAILED ({type(err).__name__}: {str(err).splitlines()[0][:300]}); "
+                                   "its numbers are missing from this record.")
+            continue
         record["entries"] += entries
         record["settings"].update(settings)
         record["notes"] += notes
@@ -195,8 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - t0
     record["settings"]["total_seconds"] = round(seconds, 1)
     record["environment"]["loadavg_end"] = timing.load_average()
-    paths = report.write_all(record, args.out)
+    # A run with a failed part never replaces a complete record of the same device and day.
+    paths = report.write_all(record, args.out, suffix="-partial" if failed else "")
     print(summary(record, paths, seconds))
+    if failed:
+        print(f"FAILED parts: {', '.join(failed)} (tracebacks above)", file=sys.stderr)
+        return 1
     return 0
 
 

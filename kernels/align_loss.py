@@ -10,8 +10,10 @@ base tensor, rows, K, D, batch and token strides, first program id). Offsets are
 ``(t.data_ptr() - base.data_ptr()) // itemsize`` — host metadata only, no sync, no copy. One
 program handles one (b, k) row of one pair (it finds its pair with a static loop over the table)
 and writes one fp32 partial; a tiny ``sum`` finishes the mean (deterministic, no atomics).
-Tensors must share a dtype per side and have unit stride in D (``x[:, :K]`` teacher slices are
-fine); otherwise they are converted (a copy, logged in the docstring here, rare in practice).
+Tensors must share a dtype per side and have unit stride in D (projection-head outputs and token
+slices ``x[:, :K]`` of a block output qualify, without a copy); anything else is converted first
+(a copy of that one tensor — the price of the single launch, rare in practice).
+ViT-S/B alignment is two calls per step (direct and generated: each is its own mean over layers).
 
 Backward recomputes from (s, t) rather than storing a gradient in forward (stored-gradient would
 cost a write in fwd plus a read+write in bwd to scale by grad_output, without a host sync).

@@ -111,8 +111,10 @@ def _mean_std(mean: tuple, std: tuple, device: torch.device) -> torch.Tensor:
     """(8,) fp32 [mean, 0, std, 1] on the device, built once per (mean, std, device): no per-step copy."""
     key = (mean, std, str(device))
     if key not in _MEAN_STD_CACHE:
-        _MEAN_STD_CACHE[key] = torch.tensor(list(mean) + [0.0] + list(std) + [1.0], dtype=torch.float32,
-                                            device=device)
+        table = torch.tensor(list(mean) + [0.0] + list(std) + [1.0], dtype=torch.float32)
+        if device.type == "cuda":  # pinned + non_blocking: no host sync even the first time
+            table = table.pin_memory().to(device, non_blocking=True)
+        _MEAN_STD_CACHE[key] = table
     return _MEAN_STD_CACHE[key]
 
 

@@ -24,15 +24,21 @@ def _videomae_pretrain_state(cfg, init_values=0.0):
     return src, state
 
 
+class _Wrapper(torch.nn.Module):  # stands in for DDP / FSDP: the model sits under .module
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+
 def test_export_then_import_round_trip(tmp_path):
     cfg = tiny_model_config(init_values=0.1)
     a, b = build_student(cfg), build_student(cfg)
-    path = export_encoder(a, tmp_path / "enc.pth")
+    path = export_encoder(_Wrapper(a), tmp_path / "enc.pth")
     saved = torch.load(path)["model"]
     assert "blocks.0.attn.q_bias" in saved and "blocks.0.attn.qkv.bias" not in saved
     assert "blocks.0.gamma_1" in saved and "patch_embed.proj.weight" in saved and "norm.weight" in saved
     assert not any(k.startswith(("encoder.", "decoder", "generators", "projection_heads")) for k in saved)
-    report = load_pretrained(b, path)
+    report = load_pretrained(_Wrapper(b), path)
     assert report.missing == [] and report.unexpected == []
     for k, v in a.encoder.state_dict().items():
         assert torch.equal(v, b.encoder.state_dict()[k]), k

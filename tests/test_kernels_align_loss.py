@@ -115,3 +115,18 @@ def test_compiled_matches_eager_cuda():
     ga, gb = torch.autograd.grad(a, s), torch.autograd.grad(b, s)
     for x, y in zip(ga, gb):
         torch.testing.assert_close(x, y, rtol=2e-2, atol=1e-6)
+
+
+def test_one_launch_per_direction_for_all_pairs(monkeypatch):
+    launches = []
+    real = al._align_kernel
+
+    class Counting:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(al, "_align_kernel", Counting())
+    s, t = _pairs([(2, 3, 5), (1, 4, 7), (2, 2, 9)])
+    al.align_loss_triton(s, t, "l2").backward()
+    assert launches == [(2 * 3 + 4 + 2 * 2,)] * 2  # one forward, one backward, one program per (b, k) row

@@ -126,7 +126,11 @@ def test_loss_and_grads_match_reference_recomputation(eager_ops, align_kind, nor
 
 def test_terms_are_detached_scalars(eager_ops):
     cfg = tiny_model_config()
-    objective = AMDObjective(build_student(cfg), build_teacher(cfg), MaskConfig(), LossConfig())
+    wrapped = torch.nn.Module()  # like DDP: the student (and its .cfg) sits under .module
+    wrapped.module = build_student(cfg)
+    wrapped.forward = wrapped.module.forward
+    objective = AMDObjective(wrapped, build_teacher(cfg), MaskConfig(), LossConfig())
+    assert objective.model_cfg is cfg
     loss, terms = objective(tiny_video(cfg=cfg))
     assert set(terms) == {"loss", "loss_pix", "loss_dir", "loss_gen"}
     assert loss.dim() == 0 and loss.requires_grad

@@ -123,7 +123,8 @@ def load_pretrained(model: nn.Module, path_or_state, *, strict_encoder: bool = T
     Raises ``ValueError`` naming the missing patch-embed / block weights (unless ``strict_encoder=False``)
     and on any shape mismatch. Logs and returns a ``LoadReport``.
     """
-    encoder = getattr(unwrap(model), "encoder", unwrap(model))
+    model = unwrap(model)
+    encoder = getattr(model, "encoder", model)
     mapped, unexpected, skipped = _to_ours(_find_state(_read(path_or_state)))
     ours = encoder.state_dict()
     depth = len(encoder.blocks)
@@ -163,7 +164,8 @@ def load_pretrained(model: nn.Module, path_or_state, *, strict_encoder: bool = T
 
 def encoder_state_videomae(model: nn.Module) -> Dict[str, torch.Tensor]:
     """The encoder's weights in VideoMAE fine-tuning names (``q_bias``/``v_bias``, ``gamma_1``/``gamma_2``)."""
-    encoder = getattr(unwrap(model), "encoder", unwrap(model))
+    model = unwrap(model)
+    encoder = getattr(model, "encoder", model)
     out: Dict[str, torch.Tensor] = {}
     for k, v in encoder.state_dict().items():
         v = v.detach().cpu().clone()

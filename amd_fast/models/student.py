@@ -91,10 +91,11 @@ class AMDStudent(nn.Module):
         self._init_weights()
 
     def _init_weights(self):
-        # The reference: xavier-uniform linears with zero bias, unit LayerNorms, default Conv3d init,
-        # truncated-normal(0.02) mask tokens.
+        # As the reference: xavier-uniform linears with zero bias and unit LayerNorms inside the encoder,
+        # generators and decoder; PyTorch's default init for the Conv3d patch embed and for encoder_to_decoder
+        # (the reference never re-initialises that one); truncated-normal(0.02) mask tokens.
         for m in self.modules():
-            if isinstance(m, nn.Linear):
+            if isinstance(m, nn.Linear) and m is not self.encoder_to_decoder:
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)

@@ -13,7 +13,6 @@ whether the loaders are decode-bound or overhead-bound.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import tarfile
 import time

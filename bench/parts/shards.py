@@ -7,6 +7,7 @@ build settings, so a rerun with the same settings reuses it and never mixes two 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -45,7 +46,7 @@ def resolve(args, device: torch.device) -> Path:
     if not manifest_path(out, args.split).exists():
         log.info("building synthetic VP9 bench shards in %s (once; reused later)", out)
     opts = ShardOptions(src="synthetic", out=out, splits=("train", "val"), codec="vp9",
-                        samples_per_shard=32, seed=0, progress=True, **spec)
+                        samples_per_shard=32, seed=0, progress=True, workers=os.cpu_count() or 1, **spec)
     manifests = build_shards(opts)  # resumes / no-ops when already complete
     if args.split not in manifests:
         raise SystemExit(f"--split {args.split}: the synthetic bench shards have {sorted(manifests)}; "
