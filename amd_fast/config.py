@@ -84,6 +84,7 @@ class TrainConfig:
     the student. ``ops_impl``: auto|triton|eager (amd_fast.ops). Loss terms are read on the host
     (a device sync) only every ``log_every`` steps. Masks are drawn from a generator seeded with
     (seed, rank, step), so a resumed run sees the same masks as an uninterrupted one.
+    Activation checkpointing is a model property: ``model.use_checkpoint=true`` (kept in one place).
     """
 
     epochs: int = 200
@@ -306,6 +307,10 @@ def build_config(raw: Optional[Mapping[str, Any]] = None, overrides: Sequence[st
     for name in raw:
         if name not in SECTIONS:
             raise _unknown_key("", str(name), list(SECTIONS))
+    for name, values in raw.items():
+        if values is not None and not isinstance(values, Mapping):
+            raise ConfigError(f"config section {name!r} must be a mapping of keys to values "
+                              f"(e.g. {name}:\n  key: value), got {values!r}")
     merged = {name: dict(raw.get(name) or {}) for name in SECTIONS}
     for item in overrides:
         (section, key), value = parse_override(item)

@@ -151,13 +151,14 @@ def _md_kernels(entries: list[dict]) -> str:
 def _md_train(entries: list[dict]) -> str:
     rows = []
     for e in entries:
-        rows.append([e["model"], e["path"], e.get("loader", "–"), e.get("ops", "–"), e.get("attention", "–"),
-                     str(e.get("batch_clips", "–")), _fmt(e.get("steps_per_s")), _spread(e, "steps_per_s_spread"),
+        rows.append([e["model"], e.get("config", "–"), e["path"], e.get("loader", "–"), str(e.get("workers", "–")),
+                     e.get("ops", "–"), e.get("attention", "–"), e.get("clip", "–"), str(e.get("batch_clips", "–")), _fmt(e.get("steps_per_s")), _spread(e, "steps_per_s_spread"),
                      _fmt(e.get("clips_per_s")),
                      _fmt(100 * e["data_wait_fraction"]) + " %" if e.get("data_wait_fraction") is not None else "–",
                      e.get("status", "measured")])
     out = ["### Training step (higher is better)", "",
-           _table(["student / teacher", "path", "loader", "ops", "attention", "clips/step", "steps/s (median)",
+           _table(["student / teacher", "config", "path", "loader", "workers", "ops", "attention", "clip", "clips/step",
+                   "steps/s (median)",
                    "min–max", "clips/s", "data wait", "status"], rows)]
     ratios = train_speedups(entries)
     if ratios:

@@ -62,19 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python bench/throughput.py",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--parts", type=_str_list, default=list(PARTS), help="which parts to run: loaders,kernels,train")
+    p.add_argument("--parts", type=_str_list, default=list(PARTS), help="which parts to run (default: loaders,kernels,train)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="auto = cuda if available, else cpu")
+                   help="auto (default) = cuda if available, else cpu")
     p.add_argument("--shards", type=Path, default=None,
                    help="shard dir (with <split>.manifest.json) or manifest file; default: build small synthetic "
                         "VP9 shards under shards/bench-synthetic-* (reused on later runs)")
-    p.add_argument("--split", default="train", help="split of --shards to read")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="output folder")
+    p.add_argument("--split", default="train", help="split of --shards to read (default: train)")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="output folder (default: bench/results)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default: 5; loaders 3)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed warm-up calls/batches/steps (default: 2)")
-    g = p.add_argument_group("loaders")
+    p.add_argument("--warmup", type=int, default=None, help="untimed warm-up calls/batches/steps (default: 2; train 3)")
+    g = p.add_argument_group("loaders (clip options apply to the loaders part; train uses its config's)")
     g.add_argument("--loader-workers", type=_int_list, default=None,
                    help="worker/thread counts to compare (default: 1,2,4,8,... up to the CPU count)")
     g.add_argument("--loader-batch-size", type=int, default=None, help="videos per batch (default: cuda 16, cpu 4)")
@@ -85,19 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--decode-videos", type=int, default=None, help="videos decoded for the decode limit (default: 16)")
     g = p.add_argument_group("kernels")
     g.add_argument("--kernel-batch", type=int, default=None,
-                   help="batch B for the kernel shapes (default: cuda 32 as in the paper, cpu 8)")
-    g.add_argument("--kernel-shapes", type=_str_list, default=None, help="vit_s,vit_b")
-    g.add_argument("--kernel-ops", type=_str_list, default=None, help="masked_gather,align_loss,norm_pixel_loss")
+                   help="batch B for the kernel shapes (default: cuda 32, cpu 8)")
+    g.add_argument("--kernel-shapes", type=_str_list, default=None, help="default: vit_s,vit_b")
+    g.add_argument("--kernel-ops", type=_str_list, default=None, help="default: masked_gather,align_loss,norm_pixel_loss")
     g = p.add_argument_group("train")
     g.add_argument("--train-models", type=_str_list, default=None,
                    help="student:teacher arch pairs (default: cuda vit_small:vit_large,vit_base:vit_large,"
                         "vit_small:vit_base; cpu vit_tiny_cpu:vit_mini_cpu)")
-    g.add_argument("--train-paths", type=_str_list, default=None, help="fast,eager,eager_naive_attn")
+    g.add_argument("--train-paths", type=_str_list, default=None, help="default: fast,eager,eager_naive_attn")
     g.add_argument("--train-steps", type=int, default=None, help="timed steps per path (default: cuda 20, cpu 10)")
-    g.add_argument("--train-batch-size", type=int, default=None, help="videos per step (default: cuda 16, cpu 2)")
+    g.add_argument("--train-batch-size", type=int, default=None, help="videos per step (default: the config's)")
     g.add_argument("--train-num-sample", type=int, default=None,
-                   help="clips per video (repeated augmentation; default: cuda 4 as the paper, cpu 1)")
-    g.add_argument("--train-workers", type=int, default=None, help="loader workers/threads in the train part")
+                   help="clips per video (repeated augmentation; default: the config's)")
+    g.add_argument("--train-workers", type=int, default=None,
+                   help="loader workers/threads in the train part (default: the config's)")
+    g.add_argument("--train-override", action="append", metavar="KEY=VALUE",
+                   help="extra amd_fast config override for the train part, repeatable (e.g. model.drop_path=0.1)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 

@@ -1,6 +1,6 @@
 """Masked-token gather, optionally fused with the positional-embedding add.
 
-``out[b, k, :] = x[b, idx[b, k], :] (+ pos[idx[b, k], :])`` for sorted token ids ``idx`` (B, K).
+``out[b, k, :] = x[b, idx[b, k], :] (+ pos[idx[b, k], :])`` for token ids ``idx`` (B, K), unique within a row (sorted by convention; the teacher passes ``[vis; diff]``).
 The output has x's dtype; pos is cast to it first (the reference's ``pos_embed.type_as(x)``).
 Used for the student-visible tokens, the teacher's ``[vis; diff]`` input and the decoder /
 generator position embeddings. The AMD reference does ``(x + pos)[~mask].reshape(B, -1, C)``:

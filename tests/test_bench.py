@@ -93,13 +93,14 @@ def test_speedups_are_reference_over_impl_and_fast_over_eager():
 
 def test_train_part_tiny_run_reports_both_paths(tmp_path, synthetic_shards):
     rec = _run_bench(tmp_path, "--parts", "train", "--shards", str(synthetic_shards), "--train-steps", "1",
-                     "--train-paths", "fast,eager", "--train-batch-size", "2", "--train-workers", "1",
-                     "--num-frames", "4", "--sampling-rate", "2", "--input-size", "64")
+                     "--train-paths", "fast,eager", "--train-batch-size", "2", "--train-workers", "1")
     rows = {e["path"]: e for e in rec["entries"] if e["part"] == "train"}
     assert set(rows) == {"fast", "eager"}
     assert rows["fast"]["loader"] == "dali" and rows["eager"]["loader"] == "eager"
     assert rows["fast"]["ops"] == "eager" and rows["eager"]["ops"] == "eager"  # CPU: no Triton on either path
     for e in rows.values():
-        assert e["model"] == "vit_tiny_cpu:vit_mini_cpu" and e["batch_clips"] == 2
-        assert e["steps_per_s"] > 0 and abs(e["clips_per_s"] - 2 * e["steps_per_s"]) < 1e-9
+        assert e["model"] == "vit_tiny_cpu:vit_mini_cpu" and e["config"] == "configs/tiny-cpu.yaml"
+        clips = e["batch_clips"]
+        assert clips == 2 * e["batch_videos"] and e["batch_videos"] == 2  # tiny-cpu.yaml: num_sample 2
+        assert e["steps_per_s"] > 0 and abs(e["clips_per_s"] - clips * e["steps_per_s"]) < 1e-9
         assert 0.0 <= e["data_wait_fraction"] <= 1.0

@@ -74,7 +74,7 @@ def setup_logging(rank: int, level: int = logging.INFO) -> None:
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if rank == 0 else \
         f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s"
     root = logging.getLogger()
-    if not any(getattr(h, "_amd_fast", False) for h in root.handlers):
+    if not root.handlers:  # keep a handler the caller configured (e.g. the demo's basicConfig)
         handler = logging.StreamHandler(sys.stderr)
         handler._amd_fast = True
         root.addHandler(handler)

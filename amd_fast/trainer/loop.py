@@ -205,10 +205,12 @@ class Trainer:
         if info.is_main:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             (self.log_dir / "config.yaml").write_text(cfg.to_yaml())
+        scaling = (f"base {cfg.optim.lr:.3g} x {self.global_videos} videos / 256" if cfg.optim.scale_lr
+                   else "optim.scale_lr=false")
         log.info("run: %d ranks on %s, %d steps (%d/epoch), global batch %d videos = %d clips (x num_sample %d), "
-                 "peak lr %.3g (base %.3g x %d videos / 256), amp %s, ops %s, logs in %s, checkpoints in %s",
+                 "peak lr %.3g (%s), amp %s, ops %s, logs in %s, checkpoints in %s",
                  info.world_size, self.device, self.total_steps, self.steps_per_epoch, self.global_videos,
-                 self.global_clips, cfg.data.num_sample, self.schedules.peak_lr, cfg.optim.lr, self.global_videos,
+                 self.global_clips, cfg.data.num_sample, self.schedules.peak_lr, scaling,
                  "bf16" if self.amp else "off", cfg.train.ops_impl, self.log_dir, self.ckpt_dir)
         telemetry = Telemetry(info, self.log_dir, log_every=cfg.train.log_every, total_steps=self.total_steps,
                               start_step=self.step, clips_per_step=self.global_clips,
@@ -219,15 +221,17 @@ class Trainer:
         self.student.train()
         try:
             while self.step < self.total_steps and interrupted is None:
+                t0 = time.perf_counter()
                 self.loader.set_epoch(self.epoch)
                 batches = iter(self.loader)
+                epoch_start = time.perf_counter() - t0  # pipeline / worker start-up counts as data wait
                 while self.step < self.total_steps:
                     t0 = time.perf_counter()
                     try:
                         batch = next(batches)
                     except StopIteration:
                         break
-                    waited = time.perf_counter() - t0
+                    waited, epoch_start = time.perf_counter() - t0 + epoch_start, 0.0
                     terms, grad_norm = self.train_step(batch, guard)
                     self.step += 1
                     telemetry.record(self.step, terms, grad_norm, float(self.schedules.lr[self.step - 1]), waited)

@@ -9,6 +9,7 @@ fresh loader each time; the median and min/max of those calls are reported.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 
@@ -58,8 +59,10 @@ def run(args, device: torch.device, shards) -> tuple[list[dict], dict, list[str]
             log.info("loader %s, %d workers/threads: %d x %d batches of %d videos", backend, workers,
                      s["loader_repeats"], s["loader_batches"], s["loader_batch_size"])
             try:
-                runs = [measure_clips_per_s(cfg, batches=s["loader_batches"], warmup=s["loader_warmup"])
-                        for _ in range(s["loader_repeats"])]
+                runs = []
+                for _ in range(s["loader_repeats"]):
+                    runs.append(measure_clips_per_s(cfg, batches=s["loader_batches"], warmup=s["loader_warmup"]))
+                    gc.collect()  # the finished loader's workers / DALI threads must not compete with the next
             except Exception as err:  # e.g. CodecError: DALI on CPU with H.264 shards
                 reason = f"not measured ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
                 log.warning("loader %s: %s", backend, reason)

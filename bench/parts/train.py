@@ -6,22 +6,28 @@ Paths (``--train-paths``; all use the same model, masks, losses, optimizer, batc
   their automatic choice (Triton on CUDA, eager on CPU), fused attention
   (``F.scaled_dot_product_attention``, timm's default).
 * ``eager`` — the "all-eager" path: eager loader (webdataset + PyAV in DataLoader workers) and
-  eager ops (``ops.impl=eager``); attention is *still fused*, so fast/eager isolates what this
+  eager ops (``train.ops_impl=eager``); attention is *still fused*, so fast/eager isolates what this
   project adds (loader + kernels), not what PyTorch gives everyone.
 * ``eager_naive_attn`` — as ``eager`` but timm's explicit ``softmax(q kᵀ) v`` attention, the way
   the AMD/VideoMAE reference computes it: the closest to the reference's own step.
 
-One step = ``next(loader)`` + ``objective(video)`` (teacher forward under no_grad, student
-forward) + backward + grad clip + optimizer step (+ zero_grad), under bf16 autocast on CUDA.
+One step = ``next(loader)`` + amd_fast's own ``Trainer.train_step`` (lr/wd schedules, seeded masks,
+objective under bf16 autocast on CUDA — frozen teacher, student —, backward, grad clip, non-finite
+guard, AdamW), the Trainer built from the model pair's ``configs/*.yaml`` (ViT pairs on CUDA,
+``configs/tiny-cpu.yaml`` on CPU) with the bench's shards and random teacher weights.
 The device is synchronised at the end of every timed step, so a step's wall time is its
 real cost and the time spent blocked in ``next()`` is time the device sat idle waiting for
 data: ``data_wait_fraction`` = Σ wait / Σ step time. steps/s = 1 / median step time (spread:
 1 / slowest and 1 / fastest step); clips/s = steps/s x clips per step (videos x num_sample).
+An untimed warm-up run comes first, so process-wide first-use costs don't land on one path.
 """
 from __future__ import annotations
 
+import gc
 import logging
+import tempfile
 import time
+from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
@@ -29,6 +35,8 @@ import torch
 from bench import timing
 
 log = logging.getLogger("bench.train")
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PATHS = ("fast", "eager", "eager_naive_attn")
 
@@ -80,92 +88,87 @@ def set_fused_attention(model: torch.nn.Module, fused: bool) -> int:
     return n
 
 
-# (label, student arch, teacher arch, student align layers, teacher align layers)
+# Model pairs -> (TRAIN's config file, extra overrides). The paper trains ViT-S and ViT-B students from a
+# ViT-L teacher (configs/amd-vit{s,b}-k400.yaml); ViT-S from ViT-B is the cheaper teacher option.
+MODELS = {
+    "vit_small:vit_large": ("configs/amd-vits-k400.yaml", []),
+    "vit_base:vit_large": ("configs/amd-vitb-k400.yaml", []),
+    "vit_small:vit_base": ("configs/amd-vits-k400.yaml", ["model.teacher=vit_base", "model.teacher_align_layers=[6,12]"]),
+    "vit_tiny_cpu:vit_mini_cpu": ("configs/tiny-cpu.yaml", []),
+}
 CUDA_MODELS = ("vit_small:vit_large", "vit_base:vit_large", "vit_small:vit_base")
 CPU_MODELS = ("vit_tiny_cpu:vit_mini_cpu",)
 
 
-def _align_layers(student: str, teacher: str) -> tuple[list[int], list[int]]:
-    """AMD aligns the middle and last blocks of both nets (ViT-S/B 6,12 <-> ViT-L 12,24)."""
-    from amd_fast.models import get_arch
-
-    ds, dt = get_arch(student).depth, get_arch(teacher).depth
-    return [ds // 2, ds], [dt // 2, dt]
-
-
 def settings_for(args, device: torch.device) -> dict:
-    from bench.parts.loaders import default_workers
-    from bench.parts.loaders import settings_for as loader_settings
-
     cuda = device.type == "cuda"
-    ls = loader_settings(args, device)  # the train part reads clips shaped exactly like the loaders part
     return {
         "train_models": args.train_models or list(CUDA_MODELS if cuda else CPU_MODELS),
         "train_paths": args.train_paths or list(PATHS),
         "train_steps": args.train_steps or (20 if cuda else 10),
         "train_warmup": 3 if args.warmup is None else args.warmup,
-        "train_batch_size": args.train_batch_size or (16 if cuda else 2),
-        "train_num_sample": args.train_num_sample or (4 if cuda else 1),
-        "train_workers": args.train_workers or max(default_workers()),
-        "train_input_size": ls["input_size"],
-        "train_num_frames": ls["num_frames"],
-        "train_sampling_rate": ls["sampling_rate"],
-        "train_autocast": "bfloat16" if cuda else "off",
+        # None = the config file's own value (recorded per row)
+        "train_batch_size": args.train_batch_size,
+        "train_num_sample": args.train_num_sample,
+        "train_workers": args.train_workers,
+        "train_overrides": list(args.train_override or []),
     }
 
 
-def _build_step(model_pair: str, path: str, s: dict, device: torch.device, shards, split: str):
-    """Loader, models, objective and optimizer for one (model pair, path); returns (batches, step, info)."""
-    from amd_fast import ops
-    from amd_fast.data import DataConfig, build_loader
-    from amd_fast.masking import MaskConfig
-    from amd_fast.models import AMDObjective, LossConfig, ModelConfig, build_student, build_teacher
+def build_config(model_pair: str, path: str, s: dict, device: torch.device, shards, split: str, run_dir: str):
+    """TRAIN's Config for one (model pair, path): the pair's YAML + the bench's overrides."""
+    from amd_fast.config import load_config
 
-    student_arch, _, teacher_arch = model_pair.partition(":")
-    teacher_arch = teacher_arch or None
-    s_layers, t_layers = _align_layers(student_arch, teacher_arch) if teacher_arch else ([], [])
-    torch.manual_seed(0)  # same initial weights for every path
-    mcfg = ModelConfig(student=student_arch, teacher=teacher_arch, input_size=s["train_input_size"],
-                       num_frames=s["train_num_frames"], student_align_layers=s_layers or [1],
-                       teacher_align_layers=t_layers or [1])
-    student = build_student(mcfg).to(device).train()
-    teacher = build_teacher(mcfg)
-    if teacher is not None:
-        teacher = teacher.to(device).eval()
+    if model_pair not in MODELS:
+        raise SystemExit(f"--train-models: unknown pair {model_pair!r}; choose from {', '.join(MODELS)}")
+    cfg_file, extra = MODELS[model_pair]
+    o = [f"data.shards={shards}", f"data.split={split}", f"data.device={device}",
+         f"data.backend={'dali' if path == 'fast' else 'eager'}",
+         f"train.device={device.type}", f"train.ops_impl={'auto' if path == 'fast' else 'eager'}",
+         "model.teacher_checkpoint=null",  # random teacher weights: same cost, no download needed
+         f"log.dir={run_dir}", "log.tensorboard=false", "log.progress=false", f"checkpoint.dir={run_dir}/ckpt"]
+    if s["train_batch_size"]:
+        o.append(f"data.batch_size={s['train_batch_size']}")
+    if s["train_num_sample"]:
+        o.append(f"data.num_sample={s['train_num_sample']}")
+    if s["train_workers"]:
+        o += [f"data.num_workers={s['train_workers']}", f"data.dali_threads={s['train_workers']}"]
+    return load_config(ROOT / cfg_file, extra + o + s["train_overrides"]), cfg_file
+
+
+def _build_step(model_pair: str, path: str, s: dict, device: torch.device, shards, split: str, run_dir: str):
+    """TRAIN's Trainer for one (model pair, path); returns (batches, step, info). The step is
+    ``Trainer.train_step`` itself: schedules, seeded masks, objective under autocast, backward, clip,
+    non-finite guard, AdamW step — exactly what ``python -m amd_fast.train`` runs per batch."""
+    from amd_fast import ops
+    from amd_fast.trainer.distributed import DistInfo
+    from amd_fast.trainer.loop import Trainer, _NonFiniteGuard
+
+    cfg, cfg_file = build_config(model_pair, path, s, device, shards, split, run_dir)
+    trainer = Trainer(cfg, DistInfo(rank=0, world_size=1, local_rank=0, device=device))
     fused = path != "eager_naive_attn"
-    n_attn = sum(set_fused_attention(m, fused) for m in (student, teacher) if m is not None)
+    n_attn = sum(set_fused_attention(m, fused) for m in (trainer.student, trainer.teacher) if m is not None)
     if n_attn == 0:
         raise RuntimeError("the models expose no timm 'fused_attn' switch, so the attention variant can't be set")
-    ops.set_default_impl(None if path == "fast" else "eager")  # fast: automatic = Triton on CUDA, eager on CPU
-    objective = AMDObjective(student, teacher, MaskConfig(), LossConfig(), mcfg)
-    # AdamW as the paper's scripts (betas 0.9/0.95, wd 0.05, clip 0.02); fused kernels on CUDA.
-    params = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05,
-                            fused=device.type == "cuda")
-    dcfg = DataConfig(shards=str(shards), split=split, backend="dali" if path == "fast" else "eager",
-                      device=str(device), batch_size=s["train_batch_size"], num_sample=s["train_num_sample"],
-                      num_frames=s["train_num_frames"], sampling_rate=s["train_sampling_rate"],
-                      input_size=s["train_input_size"], num_workers=s["train_workers"],
-                      dali_threads=s["train_workers"], seed=0)
-    loader = build_loader(dcfg)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    trainer.student.train()
+    guard = _NonFiniteGuard(device, trainer._on_nonfinite)
 
     def step(batch: dict) -> None:
-        with autocast:
-            loss, _ = objective(batch["video"])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 0.02)  # returns a tensor: no host sync
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        trainer.train_step(batch, guard)
+        trainer.step += 1
 
+    d, m = cfg.data, cfg.model
     info = {
-        "student": student_arch, "teacher": teacher_arch, "loader": loader.backend,
-        "ops": ops.resolve_impl("norm_pixel_loss", device) if path == "fast" else "eager",
+        "config": cfg_file, "student": m.student, "teacher": m.teacher, "loader": trainer.loader.backend,
+        "ops": ops.resolve_impl("norm_pixel_loss", device),
         "attention": "fused (SDPA)" if fused else "explicit softmax(QK^T)V",
-        "batch_videos": s["train_batch_size"], "batch_clips": s["train_batch_size"] * s["train_num_sample"],
-        "student_params": sum(p.numel() for p in params),
+        "amp": "bf16" if trainer.amp else "off",
+        "clip": f"{d.num_frames}x{d.input_size}px stride {d.sampling_rate}",
+        "batch_videos": d.batch_size, "batch_clips": d.batch_size * d.num_sample,
+        "workers": d.num_workers if d.backend == "eager" else d.dali_threads,
+        "student_params": sum(p.numel() for p in trainer.student.parameters() if p.requires_grad),
     }
-    return cycle(loader), step, info
+    return cycle(trainer.loader), step, info
 
 
 def run(args, device: torch.device, shards) -> tuple[list[dict], dict, list[str]]:
@@ -176,43 +179,46 @@ def run(args, device: torch.device, shards) -> tuple[list[dict], dict, list[str]
     if unknown:
         raise SystemExit(f"--train-paths: unknown {unknown}; choose from {','.join(PATHS)}")
     entries = []
-    try:
-        # Process-wide first-use costs (thread pools, oneDNN/cuBLAS set-up, allocator growth, Triton compile)
-        # would otherwise land on whichever path runs first: pay them once, untimed.
-        log.info("train: untimed warm-up run (%s, %s)", s["train_models"][0], s["train_paths"][0])
-        batches, step, _ = _build_step(s["train_models"][0], s["train_paths"][0], s, device, shards, args.split)
-        measure_steps(batches, step, device=device, warmup=s["train_warmup"], steps=1)
-        del batches, step
-        for model_pair in s["train_models"]:
-            for path in s["train_paths"]:
-                log.info("train %s, path %s: %d warm-up + %d timed steps", model_pair, path, s["train_warmup"],
-                         s["train_steps"])
-                row = {"part": "train", "model": model_pair, "path": path}
-                batches, step, info = _build_step(model_pair, path, s, device, shards, args.split)
-                row.update(info)
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                row.update(measure_steps(batches, step, device=device, warmup=s["train_warmup"],
-                                         steps=s["train_steps"]))
-                row["clips_per_s"] = row["steps_per_s"] * row["batch_clips"]
-                row["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-                row["status"] = "measured"
-                entries.append(row)
-                del batches, step
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-    finally:
-        ops.set_default_impl(None)
+    with tempfile.TemporaryDirectory(prefix="amd_fast-bench-") as run_dir:  # the Trainer's log/ckpt dirs
+        try:
+            # Process-wide first-use costs (thread pools, oneDNN/cuBLAS set-up, allocator growth, Triton
+            # compile) would otherwise land on whichever path runs first: pay them once, untimed.
+            log.info("train: untimed warm-up run (%s, %s)", s["train_models"][0], s["train_paths"][0])
+            batches, step, _ = _build_step(s["train_models"][0], s["train_paths"][0], s, device, shards, args.split,
+                                           run_dir)
+            measure_steps(batches, step, device=device, warmup=s["train_warmup"], steps=1)
+            del batches, step
+            gc.collect()
+            for model_pair in s["train_models"]:
+                for path in s["train_paths"]:
+                    log.info("train %s, path %s: %d warm-up + %d timed steps", model_pair, path,
+                             s["train_warmup"], s["train_steps"])
+                    row = {"part": "train", "model": model_pair, "path": path}
+                    batches, step, info = _build_step(model_pair, path, s, device, shards, args.split, run_dir)
+                    row.update(info)
+                    if device.type == "cuda":
+                        torch.cuda.reset_peak_memory_stats(device)
+                    row.update(measure_steps(batches, step, device=device, warmup=s["train_warmup"],
+                                             steps=s["train_steps"]))
+                    row["clips_per_s"] = row["steps_per_s"] * row["batch_clips"]
+                    row["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+                    row["status"] = "measured"
+                    entries.append(row)
+                    del batches, step
+                    gc.collect()  # drop this path's Trainer, loader workers and DALI pipeline before the next
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+        finally:
+            ops.set_default_impl(None)  # the Trainer sets the process-wide ops choice
     notes = [
-        "Train: fast = DALI loader + ops auto (Triton on CUDA, eager on CPU) + fused SDPA attention; "
+        "Train: the step is amd_fast's Trainer.train_step built from the pair's configs/*.yaml (random teacher "
+        "weights). fast = DALI loader + ops auto (Triton on CUDA, eager on CPU) + fused SDPA attention; "
         "eager (all-eager) = eager loader + eager ops, attention still fused; eager_naive_attn = all-eager with "
-        "explicit softmax(QK^T)V attention as the AMD reference. Same models, masks, losses, AdamW, batch, shards.",
-        f"Train: {s['train_batch_size']} videos x {s['train_num_sample']} clips per step, "
-        f"{s['train_num_frames']} frames x stride {s['train_sampling_rate']} at {s['train_input_size']}px, "
-        f"{s['train_workers']} loader workers/threads, autocast {s['train_autocast']}; device synchronised after "
-        "each timed step; data wait = time blocked in next() / step time.",
+        "explicit softmax(QK^T)V attention as the AMD reference. Same config, shards, batch and seed otherwise.",
+        "Train: device synchronised after each timed step; data wait = time blocked in next() / step time.",
     ]
     if device.type != "cuda":
-        notes.append("Train on CPU: tiny CPU architectures (not ViT-S/B/L: a ViT-L teacher step takes minutes on "
-                     "2 cores); on CPU 'fast' differs from 'eager' only by the loader, since ops are eager on CPU.")
+        notes.append("Train on CPU: configs/tiny-cpu.yaml (tiny CPU architectures, not ViT-S/B/L: a ViT-L teacher "
+                     "step takes minutes on 2 cores); on CPU fast differs from eager only by the loader, since "
+                     "ops are eager on CPU.")
     return entries, s, notes

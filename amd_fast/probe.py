@@ -1,0 +1,114 @@
+"""Linear probe on frozen encoder features: how much class information a pretrained student holds.
+
+Features are ``student.encoder_features(video)`` (all tokens visible, final norm, mean over tokens) of one
+centre clip per video (``DataConfig(train=False)``). The probe is multinomial logistic regression on the
+standardised features, fitted full-batch with L-BFGS (deterministic, no learning rate to tune), L2
+penalty ``weight_decay``; the score is top-1 accuracy on the other split.
+
+    python -m amd_fast.probe --config configs/tiny-cpu.yaml --weights runs/tiny-cpu/checkpoints/encoder.pth
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from amd_fast.data import DataConfig, build_loader
+from amd_fast.models.unwrap import unwrap
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, data_cfg: DataConfig, split: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(features (N, D) float32 on CPU, labels (N,)) for every video of ``split``, one centre clip each."""
+    cfg = dataclasses.replace(data_cfg, split=split, train=False, num_sample=1, drop_last=False, shuffle=False)
+    loader = build_loader(cfg, 0, 1)
+    net = unwrap(model)
+    was_training = net.training
+    net.eval()
+    feats, labels = [], []
+    for batch in loader:
+        feats.append(net.encoder_features(batch["video"]).float().cpu())
+        labels.append(batch["label"].cpu())
+    net.train(was_training)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float = 1e-3,
+                            max_iter: int = 200) -> nn.Linear:
+    """Multinomial logistic regression on ``x`` (already standardised), full-batch L-BFGS."""
+    torch.manual_seed(0)
+    head = nn.Linear(x.shape[1], num_classes)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(head(x), y) + weight_decay * head.weight.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return head
+
+
+def linear_probe(train: Tuple[torch.Tensor, torch.Tensor], val: Tuple[torch.Tensor, torch.Tensor],
+                 weight_decay: float = 1e-3) -> Dict[str, float]:
+    """Fit on ``train`` features, report top-1 accuracy on both splits."""
+    (xt, yt), (xv, yv) = train, val
+    mean, std = xt.mean(0, keepdim=True), xt.std(0, keepdim=True) + 1e-6
+    xt, xv = (xt - mean) / std, (xv - mean) / std
+    num_classes = int(max(yt.max(), yv.max())) + 1
+    head = fit_logistic_regression(xt, yt, num_classes, weight_decay)
+    with torch.no_grad():
+        acc = lambda x, y: (head(x).argmax(1) == y).float().mean().item()  # noqa: E731
+        return {"train_acc": acc(xt, yt), "val_acc": acc(xv, yv), "num_train": len(yt), "num_val": len(yv),
+                "chance": float(torch.bincount(yv).max()) / len(yv)}
+
+
+def probe_model(model: nn.Module, data_cfg: DataConfig, train_split: str = "train", val_split: str = "val",
+                weight_decay: float = 1e-3) -> Dict[str, float]:
+    return linear_probe(extract_features(model, data_cfg, train_split), extract_features(model, data_cfg, val_split),
+                        weight_decay)
+
+
+def main(argv: Optional[list] = None) -> int:
+    from amd_fast.config import ConfigError, load_config
+    from amd_fast.models import build_student, load_pretrained
+
+    p = argparse.ArgumentParser(prog="python -m amd_fast.probe", description="Linear probe of a student encoder.")
+    p.add_argument("--config", required=True, help="the training YAML (model + data sections are used)")
+    p.add_argument("--weights", help="encoder.pth / training checkpoint; omitted: a randomly initialised student")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    torch.manual_seed(cfg.train.seed)
+    student = build_student(cfg.model)
+    if args.weights:
+        state = torch.load(args.weights, map_location="cpu", weights_only=False)
+        if isinstance(state, dict) and "student" in state:  # an amd_fast training checkpoint
+            student.load_state_dict(state["student"])
+        else:  # an exported / VideoMAE encoder: only the encoder is needed for features
+            load_pretrained(student, args.weights)
+    device = "cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu"
+    res = probe_model(student.to(device), dataclasses.replace(cfg.data, device=device))
+    print(f"linear probe: train acc {res['train_acc']:.3f}, val acc {res['val_acc']:.3f} "
+          f"({res['num_train']} train / {res['num_val']} val videos, majority class {res['chance']:.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

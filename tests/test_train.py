@@ -1,0 +1,179 @@
+"""The trainer: schedules and param groups, a 2-process Gloo run, SIGTERM + resume, non-finite loss."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from amd_fast.config import OptimConfig, load_config
+from amd_fast.trainer import checkpoint as ckpt
+from amd_fast.trainer.optim import apply_schedules, build_optimizer, build_schedules, cosine_schedule, param_groups
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "configs" / "tiny-cpu.yaml"
+
+
+def tiny_overrides(shards: Path, out: Path, steps: int, *extra: str):
+    """tiny-cpu.yaml made smaller still: 32 px clips, 2 videos x 2 clips per rank, eager workers off."""
+    return [f"data.shards={shards}", "data.input_size=32", "model.input_size=32", "data.batch_size=2",
+            "data.num_sample=2", "data.num_workers=0", f"train.max_steps={steps}", "train.log_every=1",
+            f"log.dir={out}", "log.progress=false", "optim.warmup_steps=2", *extra]
+
+
+def read_metrics(log_dir: Path):
+    return [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# ---- schedules and optimizer -------------------------------------------------------------------------------
+
+def test_cosine_schedule_warmup_and_endpoints():
+    s = cosine_schedule(1.0, 0.1, total_steps=110, warmup_steps=10, warmup_start=0.01)
+    assert len(s) == 110
+    assert s[0] == pytest.approx(0.01) and s[10] == pytest.approx(1.0)  # warmup starts low, peaks after it
+    assert np.all(np.diff(s[:11]) > 0) and np.all(np.diff(s[10:]) < 0)  # rises, then decays monotonically
+    assert s[-1] == pytest.approx(0.1, abs=1e-3) and s[10:].min() >= 0.1  # ends at min_lr, never below it
+    assert cosine_schedule(0.05, 0.2, 5)[0] == pytest.approx(0.05)  # weight decay may rise (end > start)
+
+
+def test_lr_scales_with_global_videos_not_clips():
+    cfg = OptimConfig(lr=1.2e-3, min_lr=1e-5, warmup_lr=1e-6, warmup_epochs=1, weight_decay=0.05,
+                      weight_decay_end=0.1)
+    s = build_schedules(cfg, total_steps=20, steps_per_epoch=5, global_videos=512)  # AMD: 16 x 32 GPUs
+    assert s.peak_lr == pytest.approx(2.4e-3) and s.warmup_steps == 5
+    assert s.lr[0] == pytest.approx(2e-6) and s.lr[5] == pytest.approx(2.4e-3)
+    assert s.weight_decay[0] == pytest.approx(0.05) and s.weight_decay[-1] == pytest.approx(0.1, abs=2e-3)
+
+
+def test_param_groups_skip_decay_on_biases_norms_and_tokens():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pos_embed = nn.Parameter(torch.zeros(1, 4, 8))
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, 8))
+            self.proj = nn.Linear(8, 8)
+            self.norm = nn.LayerNorm(8)
+            self.frozen = nn.Parameter(torch.zeros(8, 8), requires_grad=False)
+
+    net = Net()
+    groups = param_groups(net, 0.05)
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0]
+    decay, no_decay = groups[0]["params"], groups[1]["params"]
+    assert [p is net.proj.weight for p in decay] == [True]  # the frozen one is left out entirely
+    assert {id(p) for p in no_decay} == {id(net.pos_embed), id(net.mask_token), id(net.proj.bias),
+                                         id(net.norm.weight), id(net.norm.bias)}
+    opt = build_optimizer(net, OptimConfig(weight_decay=0.05), lr=1e-3, device=torch.device("cpu"))
+    sched = build_schedules(OptimConfig(weight_decay=0.05, weight_decay_end=0.5, warmup_steps=1),
+                            total_steps=10, steps_per_epoch=10, global_videos=256)
+    apply_schedules(opt, sched, 9)
+    assert opt.param_groups[0]["weight_decay"] > 0.4 and opt.param_groups[1]["weight_decay"] == 0.0
+    assert opt.param_groups[0]["lr"] == opt.param_groups[1]["lr"] == pytest.approx(sched.lr[9])
+
+
+# ---- whole runs ----------------------------------------------------------------------------------------------
+
+def _train_cmd(*args):
+    return [sys.executable, "-m", "amd_fast.train", "--config", str(TINY), *args]
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("RANK", None)
+    return env
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run(synthetic_shards, tmp_path):
+    """torchrun, 2 ranks on CPU: trains, only rank 0 writes (one metrics row per step, checkpoints hold both
+    ranks' RNG states), and the ranks read disjoint videos."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "amd_fast.train", "--config", str(TINY),
+           *tiny_overrides(synthetic_shards, out, 4, "checkpoint.every_n_steps=2", "checkpoint.keep_last=5")]
+    r = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "global batch 4 videos = 8 clips" in r.stderr
+    rows = read_metrics(out)
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+    assert all(np.isfinite(row["loss"]) for row in rows)
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["encoder.pth", "step-000000002.pt", "step-000000004.pt"]  # no temp files, no duplicates
+    state = ckpt.load_checkpoint(out / "checkpoints" / "step-000000004.pt")
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # per-rank streams
+
+    from amd_fast.data import DataConfig, build_loader
+
+    cfg = DataConfig(shards=str(synthetic_shards), batch_size=2, num_frames=8, sampling_rate=2, input_size=32,
+                     num_workers=0, train=False, device="cpu")
+    seen = [torch.cat([b["video"].flatten(1) for b in build_loader(cfg, rank, 2)]) for rank in (0, 1)]
+    assert len(seen[0]) == len(seen[1]) > 0
+    assert torch.cdist(seen[0], seen[1]).min() > 1e-3  # no video shows up on both ranks
+
+
+@pytest.mark.slow
+def test_sigterm_then_resume_matches_uninterrupted_run(synthetic_shards, tmp_path):
+    steps = 10
+    ref = tmp_path / "ref"
+    r = subprocess.run(_train_cmd(*tiny_overrides(synthetic_shards, ref, steps)), cwd=REPO, env=_env(),
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    run = tmp_path / "interrupted"
+    proc = subprocess.Popen(_train_cmd(*tiny_overrides(synthetic_shards, run, steps)), cwd=REPO, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    metrics = run / "metrics.jsonl"
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "run finished before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    assert "stopped by SIGTERM" in err
+    stopped_at = ckpt.list_checkpoints(run / "checkpoints")[-1][0]
+    assert 3 <= stopped_at < steps
+
+    r = subprocess.run(_train_cmd(*tiny_overrides(synthetic_shards, run, steps)), cwd=REPO, env=_env(),
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"at step {stopped_at}" in r.stderr  # resumed, did not restart
+    got, want = read_metrics(run), read_metrics(ref)
+    assert [m["step"] for m in got] == list(range(1, steps + 1))
+    for g, w in zip(got, want):
+        for key in ("loss", "loss_pix", "loss_dir", "loss_gen", "lr"):
+            assert g[key] == pytest.approx(w[key], rel=1e-4, abs=1e-6), (g["step"], key)
+
+
+def test_nonfinite_loss_stops_with_step_and_term(synthetic_shards, tmp_path, monkeypatch):
+    from amd_fast import models
+    from amd_fast.trainer.loop import NonFiniteLossError, run
+
+    calls = {"n": 0}
+    original = models.AMDObjective.__call__
+
+    def poisoned(self, video, generator=None):
+        loss, terms = original(self, video, generator)
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third step (step index 2) goes bad in its generation-alignment term
+            loss = loss + float("nan")
+            terms = {**terms, "loss_gen": terms["loss_gen"] + float("nan"), "loss": loss.detach()}
+        return loss, terms
+
+    monkeypatch.setattr(models.AMDObjective, "__call__", poisoned)
+    cfg = load_config(TINY, tiny_overrides(synthetic_shards, tmp_path / "nan", 6))
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 2: loss_gen=nan") as e:
+        run(cfg)
+    debug = tmp_path / "nan" / "checkpoints" / "rank0-nonfinite-step-000000002.pt"
+    assert str(debug) in str(e.value)
+    saved = torch.load(debug, weights_only=False)
+    assert saved["bad_terms"] == ["loss_gen", "loss"] and saved["batch"]["video"].shape[0] == 4
+    assert all(torch.isfinite(v).all() for v in saved["student"].values())  # checked before the update
