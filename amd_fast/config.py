@@ -84,6 +84,9 @@ class TrainConfig:
     the student. ``ops_impl``: auto|triton|eager (amd_fast.ops). Loss terms are read on the host
     (a device sync) only every ``log_every`` steps. Masks are drawn from a generator seeded with
     (seed, rank, step), so a resumed run sees the same masks as an uninterrupted one.
+    ``cpu_threads``: torch intra-op threads when training on CPU; None = ``OMP_NUM_THREADS`` if set, else
+    one less than the usable cores (the loader's decode thread needs one: oversubscribed OpenMP threads
+    spin against each other and a 2-core machine slows down many times over).
     Activation checkpointing is a model property: ``model.use_checkpoint=true`` (kept in one place).
     """
 
@@ -95,6 +98,7 @@ class TrainConfig:
     compile: bool = False
     ops_impl: str = "auto"
     log_every: int = 10
+    cpu_threads: Optional[int] = None
 
     def __post_init__(self):
         _choice("train.device", self.device, ("auto", "cpu", "cuda"))
@@ -104,6 +108,8 @@ class TrainConfig:
             raise ConfigError(f"train.epochs={self.epochs} must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"train.max_steps={self.max_steps} must be >= 1 or null")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ConfigError(f"train.cpu_threads={self.cpu_threads} must be >= 1 or null (auto)")
         if self.log_every < 1:
             raise ConfigError(f"train.log_every={self.log_every} must be >= 1")
 

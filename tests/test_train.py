@@ -177,3 +177,17 @@ def test_nonfinite_loss_stops_with_step_and_term(synthetic_shards, tmp_path, mon
     saved = torch.load(debug, weights_only=False)
     assert saved["bad_terms"] == ["loss_gen", "loss"] and saved["batch"]["video"].shape[0] == 4
     assert all(torch.isfinite(v).all() for v in saved["student"].values())  # checked before the update
+
+
+def test_linear_probe_separates_informative_features_only():
+    from amd_fast.probe import linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(200) % 4
+    centres = torch.randn(4, 16, generator=g) * 3
+    x = centres[y] + torch.randn(200, 16, generator=g)
+    good = linear_probe((x[:150], y[:150]), (x[150:], y[150:]))
+    assert good["val_acc"] > 0.9
+    noise = torch.randn(200, 16, generator=g)
+    bad = linear_probe((noise[:150], y[:150]), (noise[150:], y[150:]))
+    assert bad["val_acc"] < 0.5

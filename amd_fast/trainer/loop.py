@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -102,11 +103,23 @@ class _NonFiniteGuard:
             self.on_bad(step, bad, {k: float(v) for k, v in terms.items()}, batch)
 
 
+def set_cpu_threads(requested: Optional[int]) -> int:
+    """torch intra-op threads for CPU training (see TrainConfig.cpu_threads); returns the count used."""
+    if requested is None and "OMP_NUM_THREADS" in os.environ:
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = requested or max(1, cores - 1)
+    torch.set_num_threads(n)
+    return n
+
+
 class Trainer:
     def __init__(self, cfg: Config, info: DistInfo):
         self.cfg, self.info = cfg, info
         self.device = info.device
         tc = cfg.train
+        if self.device.type == "cpu":
+            set_cpu_threads(tc.cpu_threads)
         ops.set_default_impl(None if tc.ops_impl == "auto" else tc.ops_impl)
         self.amp = tc.amp == "bf16" or (tc.amp == "auto" and self.device.type == "cuda")
 

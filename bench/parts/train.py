@@ -167,6 +167,7 @@ def _build_step(model_pair: str, path: str, s: dict, device: torch.device, shard
         "batch_videos": d.batch_size, "batch_clips": d.batch_size * d.num_sample,
         "workers": d.num_workers if d.backend == "eager" else d.dali_threads,
         "student_params": sum(p.numel() for p in trainer.student.parameters() if p.requires_grad),
+        "torch_threads": torch.get_num_threads(),  # the Trainer may set its own CPU thread count
     }
     return cycle(trainer.loader), step, info
 
