@@ -44,8 +44,8 @@ def main(argv=None) -> int:
     p.add_argument("--shards", default="shards/demo", help="synthetic shards are built (or reused) here")
     p.add_argument("--videos", type=int, default=480, help="synthetic videos (a quarter go to val)")
     p.add_argument("--classes", type=int, default=4)
-    p.add_argument("--teacher-steps", type=int, default=600)
-    p.add_argument("--student-steps", type=int, default=600)
+    p.add_argument("--teacher-steps", type=int, default=2000)
+    p.add_argument("--student-steps", type=int, default=2000)
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="applied to both trainings")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
