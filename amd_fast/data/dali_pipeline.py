@@ -32,7 +32,7 @@ import torch
 from .config import DataConfig
 from .sampling import FIX_OFFSETS, IMAGENET_MEAN, IMAGENET_STD, SNAP_PX, scale_pairs
 from .shards import INFO_EXT, VIDEO_EXTS, ShardSet, epoch_part, rank_batches
-from .stream import BadSampleCounter, StreamState
+from .stream import BadSampleCounter, LoaderStateMixin, StreamState
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def _snap(size, input_size):
 _DALI_FILE_RE = re.compile(r'for "([^"]+)"')
 
 
-class DaliLoader:
+class DaliLoader(LoaderStateMixin):
     """Iterable of ``{'video', 'label'}`` batches from a DALI pipeline (see module doc)."""
 
     backend = "dali"
@@ -140,25 +140,6 @@ class DaliLoader:
         self.num_rank_samples, self._len = rank_batches(shards.num_samples, world_size, cfg.batch_size,
                                                         cfg.drop_last)
         self._out_dtype = _TORCH_DTYPES[cfg.dtype]
-
-    def __len__(self) -> int:
-        return self._len
-
-    @property
-    def bad_samples(self) -> dict:
-        """Skipped samples so far, by reason."""
-        return dict(self.bad.counts)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Start ``epoch`` from its beginning, unless that epoch is the one a restored state is in."""
-        if epoch != self.state.epoch:
-            self.state.epoch, self.state.batch = int(epoch), 0
-
-    def state_dict(self):
-        return {**self.state.state_dict(), "backend": self.backend}
-
-    def load_state_dict(self, d) -> None:
-        self.state.load_state_dict(d, self.cfg.seed, self.backend)
 
     def _build(self, epoch: int):
         from nvidia.dali import pipeline_def

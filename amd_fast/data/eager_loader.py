@@ -29,7 +29,7 @@ from .config import DataConfig
 from .sampling import (IMAGENET_MEAN, IMAGENET_STD, FIX_OFFSETS, center_crop_box, clip_indices, clip_start,
                        multiscale_crop_box, scale_pairs)
 from .shards import Sample, ShardSet, epoch_part, rank_batches, rank_range, read_member
-from .stream import BadSampleCounter, StreamState
+from .stream import BadSampleCounter, LoaderStateMixin, StreamState
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def _worker_init(_):
     torch.set_num_threads(1)  # workers are the parallelism; avoid oversubscribing the cores
 
 
-class EagerLoader:
+class EagerLoader(LoaderStateMixin):
     """Iterable of ``{'video', 'label'}`` batches from a DataLoader (see module doc)."""
 
     backend = "eager"
@@ -157,25 +157,6 @@ class EagerLoader:
         self._dtype = _TORCH_DTYPES[cfg.dtype]
         self._mean = torch.tensor([255 * m for m in IMAGENET_MEAN], device=self.device).view(1, 3, 1, 1, 1)
         self._inv_std = 1.0 / torch.tensor([255 * s for s in IMAGENET_STD], device=self.device).view(1, 3, 1, 1, 1)
-
-    def __len__(self) -> int:
-        return self._len
-
-    @property
-    def bad_samples(self) -> dict:
-        """Skipped samples so far, by reason."""
-        return dict(self.bad.counts)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Start ``epoch`` from its beginning, unless that epoch is the one a restored state is in."""
-        if epoch != self.state.epoch:
-            self.state.epoch, self.state.batch = int(epoch), 0
-
-    def state_dict(self):
-        return {**self.state.state_dict(), "backend": self.backend}
-
-    def load_state_dict(self, d) -> None:
-        self.state.load_state_dict(d, self.cfg.seed, self.backend)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """Indices (into all samples) this rank reads in ``epoch``, in reading order: its part for

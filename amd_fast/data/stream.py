@@ -51,3 +51,28 @@ class BadSampleCounter:
             log.warning("skipped %d sample(s): %s: %s (%d skipped so far)", n, reason, where, self.total)
         elif self.total == self.WARN_FIRST + 1:
             log.warning("more bad samples; further ones are only counted (see loader.bad_samples)")
+
+
+class LoaderStateMixin:
+    """The part of the loader interface both backends share: ``len()``, ``set_epoch``, the
+    checkpointable stream state and the bad-sample counts. Subclasses set ``cfg``, ``backend``,
+    ``state`` (StreamState), ``bad`` (BadSampleCounter) and ``_len`` (batches per epoch per rank)."""
+
+    def __len__(self) -> int:
+        return self._len
+
+    @property
+    def bad_samples(self) -> dict:
+        """Skipped samples so far, by reason."""
+        return dict(self.bad.counts)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its beginning, unless that epoch is the one a restored state is in."""
+        if epoch != self.state.epoch:
+            self.state.epoch, self.state.batch = int(epoch), 0
+
+    def state_dict(self):
+        return {**self.state.state_dict(), "backend": self.backend}
+
+    def load_state_dict(self, d) -> None:
+        self.state.load_state_dict(d, self.cfg.seed, self.backend)
