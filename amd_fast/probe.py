@@ -26,8 +26,10 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, data_cfg: DataConfig, split: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(features (N, D) float32 on CPU, labels (N,)) for every video of ``split``, one centre clip each."""
+def extract_features(model: nn.Module, data_cfg: DataConfig, split: str, pool: str = "mean"
+                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(features float32 on CPU, labels (N,)) for every video of ``split``, one centre clip each;
+    ``pool`` as ``encoder_features`` ('mean' -> (N, D), 'tokens' -> (N, tokens*D))."""
     cfg = dataclasses.replace(data_cfg, split=split, train=False, num_sample=1, drop_last=False, shuffle=False)
     loader = build_loader(cfg, 0, 1)
     net = unwrap(model)
@@ -35,7 +37,7 @@ def extract_features(model: nn.Module, data_cfg: DataConfig, split: str) -> Tupl
     net.eval()
     feats, labels = [], []
     for batch in loader:
-        feats.append(net.encoder_features(batch["video"]).float().cpu())
+        feats.append(net.encoder_features(batch["video"], pool=pool).float().cpu())
         labels.append(batch["label"].cpu())
     net.train(was_training)
     return torch.cat(feats), torch.cat(labels)
@@ -75,9 +77,9 @@ def linear_probe(train: Tuple[torch.Tensor, torch.Tensor], val: Tuple[torch.Tens
 
 
 def probe_model(model: nn.Module, data_cfg: DataConfig, train_split: str = "train", val_split: str = "val",
-                weight_decay: float = 1e-3) -> Dict[str, float]:
-    return linear_probe(extract_features(model, data_cfg, train_split), extract_features(model, data_cfg, val_split),
-                        weight_decay)
+                weight_decay: float = 1e-3, pool: str = "mean") -> Dict[str, float]:
+    return linear_probe(extract_features(model, data_cfg, train_split, pool),
+                        extract_features(model, data_cfg, val_split, pool), weight_decay)
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -87,6 +89,8 @@ def main(argv: Optional[list] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m amd_fast.probe", description="Linear probe of a student encoder.")
     p.add_argument("--config", required=True, help="the training YAML (model + data sections are used)")
     p.add_argument("--weights", help="encoder.pth / training checkpoint; omitted: a randomly initialised student")
+    p.add_argument("--pool", choices=("mean", "tokens"), default="mean",
+                   help="features per clip: mean over tokens (default) or all tokens flattened")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -104,7 +108,7 @@ def main(argv: Optional[list] = None) -> int:
         else:  # an exported / VideoMAE encoder: only the encoder is needed for features
             load_pretrained(student, args.weights)
     device = "cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu"
-    res = probe_model(student.to(device), dataclasses.replace(cfg.data, device=device))
+    res = probe_model(student.to(device), dataclasses.replace(cfg.data, device=device), pool=args.pool)
     print(f"linear probe: train acc {res['train_acc']:.3f}, val acc {res['val_acc']:.3f} "
           f"({res['num_train']} train / {res['num_val']} val videos, majority class {res['chance']:.3f})")
     return 0

@@ -35,7 +35,14 @@ def test_student_output_shapes(eager_ops):
     assert out.pixel_pred.shape == (2, 28, 2 * 8 * 8 * 3)  # 14 masked positions x 2 time slots
     assert [f.shape for f in out.direct] == [(2, 4, 128)] * 2
     assert [f.shape for f in out.generated] == [(2, 4, 128)] * 2
-    assert student.encoder_features(tiny_video(cfg=cfg)).shape == (2, 96)
+    video = tiny_video(cfg=cfg)
+    pooled, tokens = student.encoder_features(video), student.encoder_features(video, pool="tokens")
+    assert pooled.shape == (2, 96)
+    assert tokens.shape == (2, cfg.num_tokens * 96)
+    # The mean pooling is the mean of the per-token features, token order = the token-id convention.
+    assert torch.allclose(tokens.view(2, cfg.num_tokens, 96).mean(1), pooled, atol=1e-6)
+    with pytest.raises(ValueError, match="pool"):
+        student.encoder_features(video, pool="max")
 
 
 def test_generator_mask_tokens_are_trained_parameters(eager_ops):

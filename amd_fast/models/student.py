@@ -132,8 +132,12 @@ class AMDStudent(nn.Module):
         pixel_pred = self.decoder_head(self.decoder_norm(y[:, vis_idx.shape[1]:]))
         return StudentOutput(pixel_pred, direct, generated)
 
-    def encoder_features(self, video: torch.Tensor) -> torch.Tensor:
-        """Pooled clip features for a linear probe: all tokens visible, final norm, mean over tokens -> (B, D)."""
+    def encoder_features(self, video: torch.Tensor, pool: str = "mean") -> torch.Tensor:
+        """Clip features for a probe: all tokens visible, final norm, then ``pool``: 'mean' over tokens
+        -> (B, D) (VideoMAE's fc_norm-style pooling), or 'tokens': every token's features in token order,
+        flattened -> (B, N*D) (keeps where and when things are, which a mean throws away)."""
+        if pool not in ("mean", "tokens"):
+            raise ValueError(f"pool={pool!r}: use 'mean' or 'tokens'")
         x = self.encoder.patch_embed(video) + self.encoder.pos_embed.to(video.dtype)
         x, _ = self.encoder.forward_tokens(x)
-        return x.mean(dim=1)
+        return x.mean(dim=1) if pool == "mean" else x.flatten(1)
