@@ -19,7 +19,7 @@ masks 50% / 25% and regresses plain pixels. The probe reads every token's featur
 and when the shape was, for trained and random encoders alike (both stay at chance).
 
 Everything else starts from ``configs/tiny-cpu.yaml``. Both trainings resume
-(``checkpoint.resume=auto``), so a second run reuses finished work. About 5 minutes on 2 CPU cores.
+(``checkpoint.resume=auto``), so a second run reuses finished work. About 7 minutes on 2 CPU cores.
 """
 from __future__ import annotations
 
@@ -70,8 +70,9 @@ def main(argv=None) -> int:
     from amd_fast.trainer.loop import run
 
     # train.epochs is set high so that max_steps alone decides the length of each run.
-    common = [f"data.shards={shards}", "checkpoint.resume=auto", "train.epochs=100000", *DEMO_OVERRIDES,
-              *args.overrides]
+    # TensorBoard on (tiny-cpu.yaml keeps it off so the tests stay fast): `tensorboard --logdir runs/demo`.
+    common = [f"data.shards={shards}", "checkpoint.resume=auto", "train.epochs=100000", "log.tensorboard=true",
+              *DEMO_OVERRIDES, *args.overrides]
     log.info("demo settings (see the module docstring for why): %s", " ".join(DEMO_OVERRIDES))
     teacher_dir = out / "teacher"
     log.info("2/4 pretraining a tiny VideoMAE teacher (%d steps) -> %s", args.teacher_steps, teacher_dir)
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
     print(f"  (chance = majority class {trained['chance']:.3f}; {trained['num_train']} train / "
           f"{trained['num_val']} val videos)")
     print(f"  teacher: {teacher_dir} (encoder {teacher_ckpt})")
-    print(f"  student: {student_dir} (metrics.jsonl, checkpoints/)")
+    print(f"  student: {student_dir} (metrics.jsonl, tb/ for TensorBoard, checkpoints/)")
     return 0
 
 

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--decode-videos", type=int, default=None, help="videos decoded for the decode limit (default: 16)")
     g = p.add_argument_group("kernels")
     g.add_argument("--kernel-batch", type=int, default=None,
-                   help="batch B for the kernel shapes (default: cuda 32, cpu 8)")
+                   help="batch B for the kernel shapes (default: 32)")
     g.add_argument("--kernel-shapes", type=_str_list, default=None, help="default: vit_s,vit_b")
     g.add_argument("--kernel-ops", type=_str_list, default=None, help="default: masked_gather,align_loss,norm_pixel_loss")
     g = p.add_argument_group("train")

@@ -191,3 +191,27 @@ def test_linear_probe_separates_informative_features_only():
     noise = torch.randn(200, 16, generator=g)
     bad = linear_probe((noise[:150], y[:150]), (noise[150:], y[150:]))
     assert bad["val_acc"] < 0.5
+
+
+def test_telemetry_writes_jsonl_and_tensorboard_window_means(tmp_path):
+    """Each logged row is the mean over its window, in metrics.jsonl and in the TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from amd_fast.trainer.distributed import DistInfo
+    from amd_fast.trainer.telemetry import Telemetry
+
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    tel = Telemetry(info, tmp_path, log_every=2, total_steps=4, start_step=0, clips_per_step=8,
+                    tensorboard=True, progress=False)
+    for step, loss in enumerate([1.0, 3.0, 5.0, 7.0], start=1):
+        tel.record(step, {"loss": torch.tensor(loss)}, torch.tensor(loss / 10), lr=1e-3, data_wait_s=0.0)
+    tel.close()
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [2, 4]
+    assert [r["loss"] for r in rows] == pytest.approx([2.0, 6.0])
+    assert [r["grad_norm"] for r in rows] == pytest.approx([0.2, 0.6])
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    scalars = acc.Scalars("train/loss")
+    assert [(s.step, s.value) for s in scalars] == [(2, pytest.approx(2.0)), (4, pytest.approx(6.0))]
+    assert "train/clips_per_s" in acc.Tags()["scalars"]
