@@ -99,16 +99,19 @@ def main(argv: Optional[list] = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    from amd_fast.data import CodecError, ShardError
+    from amd_fast.models import CheckpointImportError
+
     torch.manual_seed(cfg.train.seed)
     student = build_student(cfg.model)
-    if args.weights:
-        state = torch.load(args.weights, map_location="cpu", weights_only=False)
-        if isinstance(state, dict) and "student" in state:  # an amd_fast training checkpoint
-            student.load_state_dict(state["student"])
-        else:  # an exported / VideoMAE encoder: only the encoder is needed for features
+    try:
+        if args.weights:  # encoder.pth, a VideoMAE/AMD checkpoint or one of our step-*.pt: the encoder is what counts
             load_pretrained(student, args.weights)
-    device = "cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu"
-    res = probe_model(student.to(device), dataclasses.replace(cfg.data, device=device), pool=args.pool)
+        device = "cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu"
+        res = probe_model(student.to(device), dataclasses.replace(cfg.data, device=device), pool=args.pool)
+    except (ShardError, CodecError, CheckpointImportError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"linear probe: train acc {res['train_acc']:.3f}, val acc {res['val_acc']:.3f} "
           f"({res['num_train']} train / {res['num_val']} val videos, majority class {res['chance']:.3f})")
     return 0

@@ -97,3 +97,17 @@ def test_wrong_arch_and_layer_scale_mismatch_raise():
         load_pretrained(build_teacher(cfg), {"epoch": 3})
     with pytest.raises(FileNotFoundError, match="teacher_checkpoint"):
         load_pretrained(build_teacher(cfg), "/nonexistent/ckpt.pth")
+
+
+def test_trainer_checkpoint_of_a_videomae_run_loads_as_teacher():
+    """A step-*.pt of our own `model.teacher=null` run (weights under 'student', our names) fills the teacher."""
+    cfg = tiny_model_config()
+    torch.manual_seed(5)
+    pretrained = build_student(tiny_model_config(student=cfg.teacher, teacher=None))
+    trainer_ckpt = {"format": 1, "step": 10, "student": pretrained.state_dict(), "optimizer": {}}
+    teacher = build_teacher(cfg)
+    report = load_pretrained(teacher, trainer_ckpt)
+    assert not report.missing and report.loaded
+    assert any(k.startswith("decoder") for k in report.unexpected)
+    for name, p in teacher.encoder.named_parameters():
+        assert torch.equal(p, pretrained.encoder.state_dict()[name]), name

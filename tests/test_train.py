@@ -215,3 +215,14 @@ def test_telemetry_writes_jsonl_and_tensorboard_window_means(tmp_path):
     scalars = acc.Scalars("train/loss")
     assert [(s.step, s.value) for s in scalars] == [(2, pytest.approx(2.0)), (4, pytest.approx(6.0))]
     assert "train/clips_per_s" in acc.Tags()["scalars"]
+
+
+def test_train_cli_reports_bad_inputs_without_traceback(synthetic_shards, tmp_path, capsys):
+    from amd_fast.train import main
+
+    assert main(["--config", str(TINY), f"data.shards={tmp_path / 'missing'}", f"log.dir={tmp_path / 'a'}"]) == 2
+    assert "shards path" in capsys.readouterr().err
+    rc = main(["--config", str(TINY), *tiny_overrides(synthetic_shards, tmp_path / "b", 1),
+               f"model.teacher_checkpoint={tmp_path / 'nope.pth'}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "nope.pth" in err and "model.teacher_checkpoint" in err and "Traceback" not in err

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 
 from amd_fast.models.archs import ARCHS, ViTArch, get_arch
-from amd_fast.models.checkpoint import LoadReport, export_encoder, load_pretrained
+from amd_fast.models.checkpoint import CheckpointImportError, LoadReport, export_encoder, load_pretrained
 from amd_fast.models.config import LossConfig, ModelConfig
 from amd_fast.models.objective import AMDObjective
 from amd_fast.models.student import AMDStudent, StudentOutput
@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ARCHS", "ViTArch", "get_arch", "ModelConfig", "LossConfig", "AMDStudent", "StudentOutput", "AMDTeacher",
-    "TeacherOutput", "AMDObjective", "LoadReport", "load_pretrained", "export_encoder", "build_student",
+    "TeacherOutput", "AMDObjective", "CheckpointImportError", "LoadReport", "load_pretrained", "export_encoder", "build_student",
     "build_teacher",
 ]
 

@@ -13,7 +13,7 @@ map onto ``model.encoder``:
   classifier parts (``head``, ``fc_norm``) and blocks past a teacher's early exit.
 
 Unlike the reference (non-strict load that prints missing keys), missing patch-embed or block
-weights raise ``ValueError`` naming them. A missing final ``norm`` is reported, not fatal:
+weights raise ``CheckpointImportError`` (a ``ValueError``) naming them. A missing final ``norm`` is reported, not fatal:
 fine-tuned VideoMAE checkpoints with mean pooling have ``fc_norm`` instead.
 
 ``export_encoder`` writes ``{'model': state}`` in VideoMAE's fine-tuning names (``q_bias`` /
@@ -35,10 +35,14 @@ from amd_fast.models.unwrap import unwrap
 
 log = logging.getLogger(__name__)
 
-_CONTAINER_KEYS = ("model", "module", "state_dict", "model_state")
+_CONTAINER_KEYS = ("model", "module", "state_dict", "model_state", "student")  # "student": our trainer's checkpoints
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "backbone.")
 _SKIP = re.compile(r"^(pos_embed|head\..*|fc_norm\..*|head_dropout.*|cls_token)$")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+class CheckpointImportError(ValueError):
+    """A checkpoint that cannot fill our encoder (wrong architecture, missing weights, no tensors)."""
 
 
 class LoadReport(NamedTuple):
@@ -53,7 +57,8 @@ def _read(path_or_state: Union[str, os.PathLike, Mapping]) -> Mapping:
         return path_or_state
     path = Path(path_or_state)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; check model.teacher_checkpoint / the path")
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; "
+                                "check the path (model.teacher_checkpoint, or probe's --weights)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -72,7 +77,7 @@ def _find_state(ckpt: Mapping) -> Dict[str, torch.Tensor]:
         state = state[key]
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if not tensors:
-        raise ValueError(
+        raise CheckpointImportError(
             f"no tensors found in the checkpoint (top-level keys: {sorted(ckpt)[:10]}); expected a state dict or "
             f"one under one of {_CONTAINER_KEYS}"
         )
@@ -112,7 +117,7 @@ def _to_ours(state: Dict[str, torch.Tensor]):
             unexpected.append(k)
     for prefix, qv in biases.items():
         if set(qv) != {"q", "v"}:
-            raise ValueError(f"checkpoint has only {prefix}{next(iter(qv))}_bias; VideoMAE attention needs both q and v")
+            raise CheckpointImportError(f"checkpoint has only {prefix}{next(iter(qv))}_bias; VideoMAE attention needs both q and v")
         mapped[prefix + "qkv.bias"] = torch.cat([qv["q"], torch.zeros_like(qv["q"]), qv["v"]])
     return mapped, unexpected, skipped
 
@@ -120,7 +125,7 @@ def _to_ours(state: Dict[str, torch.Tensor]):
 def load_pretrained(model: nn.Module, path_or_state, *, strict_encoder: bool = True) -> LoadReport:
     """Load encoder weights into ``model.encoder`` (student or teacher) or into a bare ``ViTEncoder``.
 
-    Raises ``ValueError`` naming the missing patch-embed / block weights (unless ``strict_encoder=False``)
+    Raises ``CheckpointImportError`` naming the missing patch-embed / block weights (unless ``strict_encoder=False``)
     and on any shape mismatch. Logs and returns a ``LoadReport``.
     """
     model = unwrap(model)
@@ -134,7 +139,7 @@ def load_pretrained(model: nn.Module, path_or_state, *, strict_encoder: bool = T
             skipped.append(k)  # past the teacher's early exit / a final norm the teacher does not use
             del mapped[k]
         elif ".ls" in k and k not in ours:
-            raise ValueError(
+            raise CheckpointImportError(
                 f"checkpoint uses LayerScale ({k} from gamma_1/gamma_2) but the model has none; "
                 "set model.init_values > 0 (e.g. 0.1) so the blocks have it"
             )
@@ -142,14 +147,14 @@ def load_pretrained(model: nn.Module, path_or_state, *, strict_encoder: bool = T
             unexpected.append(k)
             del mapped[k]
         elif mapped[k].shape != ours[k].shape:
-            raise ValueError(
+            raise CheckpointImportError(
                 f"checkpoint tensor {k} has shape {tuple(mapped[k].shape)} but the model's is {tuple(ours[k].shape)}: "
                 f"the checkpoint is for a different architecture / patch / tubelet size than model config"
             )
     missing = sorted(k for k in ours if k not in mapped)
     fatal = [k for k in missing if not k.startswith("norm.")]
     if fatal and strict_encoder:
-        raise ValueError(
+        raise CheckpointImportError(
             f"checkpoint lacks {len(fatal)} encoder weights, e.g. {fatal[:6]}; it has keys like "
             f"{sorted(mapped)[:4] or (unexpected + skipped)[:4]}. Check that it is a VideoMAE/AMD ViT checkpoint of "
             f"the configured arch, or pass strict_encoder=False to accept a partial load"
