@@ -14,8 +14,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ARCHS", "ViTArch", "get_arch", "ModelConfig", "LossConfig", "AMDStudent", "StudentOutput", "AMDTeacher",
-    "TeacherOutput", "AMDObjective", "CheckpointImportError", "LoadReport", "load_pretrained", "export_encoder", "build_student",
-    "build_teacher",
+    "TeacherOutput", "AMDObjective", "CheckpointImportError", "LoadReport", "load_pretrained", "export_encoder",
+    "build_student", "build_teacher",
 ]
 
 

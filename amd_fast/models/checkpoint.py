@@ -117,7 +117,8 @@ def _to_ours(state: Dict[str, torch.Tensor]):
             unexpected.append(k)
     for prefix, qv in biases.items():
         if set(qv) != {"q", "v"}:
-            raise CheckpointImportError(f"checkpoint has only {prefix}{next(iter(qv))}_bias; VideoMAE attention needs both q and v")
+            raise CheckpointImportError(f"checkpoint has only {prefix}{next(iter(qv))}_bias; "
+                                        "VideoMAE attention needs both q and v")
         mapped[prefix + "qkv.bias"] = torch.cat([qv["q"], torch.zeros_like(qv["q"]), qv["v"]])
     return mapped, unexpected, skipped
 
@@ -125,8 +126,8 @@ def _to_ours(state: Dict[str, torch.Tensor]):
 def load_pretrained(model: nn.Module, path_or_state, *, strict_encoder: bool = True) -> LoadReport:
     """Load encoder weights into ``model.encoder`` (student or teacher) or into a bare ``ViTEncoder``.
 
-    Raises ``CheckpointImportError`` naming the missing patch-embed / block weights (unless ``strict_encoder=False``)
-    and on any shape mismatch. Logs and returns a ``LoadReport``.
+    Raises ``CheckpointImportError`` naming the missing patch-embed / block weights (unless
+    ``strict_encoder=False``) and on any shape mismatch. Logs and returns a ``LoadReport``.
     """
     model = unwrap(model)
     encoder = getattr(model, "encoder", model)
