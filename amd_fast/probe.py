@@ -99,8 +99,7 @@ def main(argv: Optional[list] = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    from amd_fast.data import CodecError, ShardError
-    from amd_fast.models import CheckpointImportError
+    from amd_fast.errors import INPUT_ERRORS
 
     torch.manual_seed(cfg.train.seed)
     student = build_student(cfg.model)
@@ -109,7 +108,7 @@ def main(argv: Optional[list] = None) -> int:
             load_pretrained(student, args.weights)
         device = "cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu"
         res = probe_model(student.to(device), dataclasses.replace(cfg.data, device=device), pool=args.pool)
-    except (ShardError, CodecError, CheckpointImportError, FileNotFoundError) as e:
+    except INPUT_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"linear probe: train acc {res['train_acc']:.3f}, val acc {res['val_acc']:.3f} "

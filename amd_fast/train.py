@@ -29,16 +29,12 @@ def main(argv=None) -> int:
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
-    from amd_fast.data import CodecError, ShardError
-    from amd_fast.models import CheckpointImportError
-    from amd_fast.trainer.checkpoint import CheckpointError
+    from amd_fast.errors import INPUT_ERRORS
     from amd_fast.trainer.loop import NonFiniteLossError, run
 
-    # Problems with the user's inputs (paths, shards, checkpoints) end with their message, not a traceback:
-    # each message already names the problem and the fix. Anything else is a bug and keeps its traceback.
     try:
         run(cfg)
-    except (ShardError, CodecError, CheckpointError, CheckpointImportError, FileNotFoundError) as e:
+    except INPUT_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:

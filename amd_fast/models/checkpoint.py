@@ -13,8 +13,8 @@ map onto ``model.encoder``:
   classifier parts (``head``, ``fc_norm``) and blocks past a teacher's early exit.
 
 Unlike the reference (non-strict load that prints missing keys), missing patch-embed or block
-weights raise ``CheckpointImportError`` (a ``ValueError``) naming them. A missing final ``norm`` is reported, not fatal:
-fine-tuned VideoMAE checkpoints with mean pooling have ``fc_norm`` instead.
+weights raise ``CheckpointImportError`` (a ``ValueError``) naming them. A missing final ``norm``
+is reported, not fatal: fine-tuned VideoMAE checkpoints with mean pooling have ``fc_norm`` instead.
 
 ``export_encoder`` writes ``{'model': state}`` in VideoMAE's fine-tuning names (``q_bias`` /
 ``v_bias``, ``gamma_*``), which VideoMAE's / AMD's ``run_class_finetuning.py`` loads.

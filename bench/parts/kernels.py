@@ -15,8 +15,9 @@ tokens; student mask 0.9 / teacher 0.75 (t_consist) -> 160 student-visible, 232 
 student ViT-B (768) with teacher ViT-L (1024). Alignment: 2 layer pairs (student 6,12 <->
 teacher 12,24), direct (visible tokens) and generated (diff tokens), l2, on teacher-width
 features. Batch B = 32 clips on every device (for scale: the paper's scripts step 16 videos x
-num_sample 4 = 64 clips per GPU; ``--kernel-batch`` changes it, and the B used is in every row). On CUDA each timed sample averages 10 back-to-back calls (launch latency
-hidden); the implementations' repeats are interleaved so load changes hit all of them alike.
+num_sample 4 = 64 clips per GPU; ``--kernel-batch`` changes it, and the B used is in every row).
+On CUDA each timed sample averages 10 back-to-back calls (launch latency hidden); the
+implementations' repeats are interleaved so load changes hit all of them alike.
 
 Per row: median / min / max ms of ``repeats`` fwd+bwd calls after ``warmup`` calls, the
 op's modeled HBM bytes (``amd_fast.kernels`` models: the minimum traffic a fused kernel
