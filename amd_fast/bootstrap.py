@@ -18,6 +18,8 @@ import sys
 import venv
 from pathlib import Path
 
+from amd_fast.errors import InputError, RunFailed, run_cli  # standard library only, like this file
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 STAMP = VENV / ".amd_fast-installed"
@@ -56,16 +58,18 @@ def ensure_environment() -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in JOBS:
-        print(f"usage: python3 -m amd_fast.bootstrap {{{'|'.join(JOBS)}}} [extra args]", file=sys.stderr)
-        return 2
-    job, extra = argv[0], argv[1:]
-    try:
-        py = ensure_environment()
-    except subprocess.CalledProcessError as err:
-        print(f"[bootstrap] set-up failed ({err}); fix the error above and run the same command again", file=sys.stderr)
-        return 1
-    return subprocess.run([str(py), *JOBS[job], *extra], cwd=ROOT).returncode
+
+    def bootstrap() -> int:
+        if not argv or argv[0] not in JOBS:
+            raise InputError(f"usage: python3 -m amd_fast.bootstrap {{{'|'.join(JOBS)}}} [extra args]")
+        job, extra = argv[0], argv[1:]
+        try:
+            py = ensure_environment()
+        except subprocess.CalledProcessError as err:
+            raise RunFailed(f"set-up failed ({err}); fix the error above and run the same command again") from None
+        return subprocess.run([str(py), *JOBS[job], *extra], cwd=ROOT).returncode  # the job's own exit code
+
+    return run_cli(bootstrap, "amd_fast.bootstrap", "rerun the same command: set-up resumes")
 
 
 if __name__ == "__main__":

@@ -14,13 +14,19 @@ Usage::
     cfg = load_config("configs/tiny-cpu.yaml", ["data.batch_size=8", "optim.lr=1e-3", "model.teacher=null"])
 
 Override values are parsed as YAML scalars/lists (``8`` int, ``1e-3`` float, ``true`` bool, ``[6,12]`` list,
-``null`` None) and then checked against the field's type. An unknown key is an error that lists the
-section's valid keys (with a "did you mean"); a wrong type names the key, what it got and what it expects.
+``null`` None) and then checked against the field's type (floats must be finite: ``nan`` / ``inf`` are
+refused). An unknown key is an error that lists the section's valid keys (with a "did you mean"); a wrong
+type names the key, what it got and what it expects.
+
+Each fact is set once (:data:`DERIVED`): the clip shape lives in ``data`` (``model.num_frames`` /
+``model.input_size`` follow it), the seed and the device in ``train`` (``data.seed`` / ``data.device``
+follow). A derived key may still be written, but only with the same value: a contradiction is an error.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +35,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import yaml
 
 from amd_fast.data import DataConfig
+from amd_fast.errors import InputError
 from amd_fast.masking import MaskConfig
 from amd_fast.models import LossConfig, ModelConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A bad configuration file, key or value; the message names the key and the fix."""
 
 
@@ -87,6 +94,8 @@ class TrainConfig:
     ``cpu_threads``: torch intra-op threads when training on CPU; None = ``OMP_NUM_THREADS`` if set, else
     one less than the usable cores (the loader's decode thread needs one: oversubscribed OpenMP threads
     spin against each other and a 2-core machine slows down many times over).
+    ``dist_timeout_s``: how long a collective may wait for the other ranks before the run fails (a stalled
+    or dead rank then stops the job with exit 1 instead of hanging it).
     Activation checkpointing is a model property: ``model.use_checkpoint=true`` (kept in one place).
     """
 
@@ -99,6 +108,7 @@ class TrainConfig:
     ops_impl: str = "auto"
     log_every: int = 10
     cpu_threads: Optional[int] = None
+    dist_timeout_s: float = 300.0
 
     def __post_init__(self):
         _choice("train.device", self.device, ("auto", "cpu", "cuda"))
@@ -112,6 +122,8 @@ class TrainConfig:
             raise ConfigError(f"train.cpu_threads={self.cpu_threads} must be >= 1 or null (auto)")
         if self.log_every < 1:
             raise ConfigError(f"train.log_every={self.log_every} must be >= 1")
+        if self.dist_timeout_s <= 0:
+            raise ConfigError(f"train.dist_timeout_s={self.dist_timeout_s} must be > 0 seconds")
 
 
 @dataclass
@@ -120,7 +132,8 @@ class CheckpointConfig:
     keeping the last ``keep_last``. ``resume``: 'auto' (newest valid checkpoint in ``dir``, else start
     fresh), 'none', or a checkpoint path. ``save_on_signal``: SIGTERM/SIGINT save a checkpoint, then exit.
     ``export_encoder``: at the end, also write the student encoder (VideoMAE names) to ``<dir>/encoder.pth``,
-    loadable as a teacher via ``model.teacher_checkpoint``."""
+    loadable as a teacher via ``model.teacher_checkpoint``. ``allow_config_change``: resume even when the
+    checkpoint was trained with another model or clip shape (other changes are only printed)."""
 
     dir: Optional[str] = None
     every_n_steps: int = 1000
@@ -128,6 +141,7 @@ class CheckpointConfig:
     resume: str = "auto"
     save_on_signal: bool = True
     export_encoder: bool = True
+    allow_config_change: bool = False
 
     def __post_init__(self):
         if self.every_n_steps < 1:
@@ -158,7 +172,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self):
-        # The clip shape is set in two places (loader and model); they must agree.
+        # build_config derives model's clip shape from data's; a Config built in code must still agree.
         for key in ("input_size", "num_frames"):
             d, m = getattr(self.data, key), getattr(self.model, key)
             if d != m:
@@ -212,6 +226,10 @@ class _Mismatch(Exception):
     pass
 
 
+class _NotFinite(_Mismatch):
+    pass
+
+
 def _coerce(value, tp):
     """``value`` checked against type ``tp``; ints widen to float, numeric strings ('1e-3', which YAML 1.1
     leaves a string) become floats for float fields; lists become lists. Raises _Mismatch."""
@@ -245,13 +263,17 @@ def _coerce(value, tp):
         raise _Mismatch
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            value = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 raise _Mismatch from None
-        raise _Mismatch
+        else:
+            raise _Mismatch
+        if not math.isfinite(value):
+            raise _NotFinite
+        return value
     if tp is str:
         if isinstance(value, str):
             return value
@@ -281,6 +303,8 @@ def _build_section(name: str, cls: type, values: Mapping[str, Any]):
             raise _unknown_key(name, str(key), fields)
         try:
             kwargs[key] = _coerce(value, hints[key])
+        except _NotFinite:
+            raise ConfigError(f"{name}.{key}={value!r}: must be a finite number (not nan or inf)") from None
         except _Mismatch:
             raise ConfigError(f"{name}.{key}: got {value!r} ({type(value).__name__}), expected "
                               f"{_type_name(hints[key])}") from None
@@ -290,6 +314,45 @@ def _build_section(name: str, cls: type, values: Mapping[str, Any]):
         raise
     except (ValueError, TypeError) as e:  # the section's own validation
         raise ConfigError(f"invalid {name} settings: {e}") from e
+
+
+# (derived section, key, source section, key): each fact is set in the source; the derived key follows it.
+DERIVED = (("model", "num_frames", "data", "num_frames"), ("model", "input_size", "data", "input_size"),
+           ("data", "seed", "train", "seed"), ("data", "device", "train", "device"))
+
+
+def _field_value(section: str, key: str, merged: Mapping[str, Mapping[str, Any]]):
+    """The (type-checked) value ``section.key`` will have: the explicit one, else the field default."""
+    cls = SECTIONS[section]
+    if key in merged[section]:
+        try:
+            return _coerce(merged[section][key], typing.get_type_hints(cls)[key])
+        except _Mismatch:
+            return merged[section][key]  # _build_section reports the type error with its own message
+    f = next(f for f in dataclasses.fields(cls) if f.name == key)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _derive(merged: Dict[str, Dict[str, Any]]) -> None:
+    """Fill the derived keys of :data:`DERIVED` from their sources; an explicit contradiction is an error."""
+    for dsec, dkey, ssec, skey in DERIVED:
+        src = _field_value(ssec, skey, merged)
+        if dkey in merged[dsec] and _field_value(dsec, dkey, merged) != src:
+            raise ConfigError(f"{dsec}.{dkey}={merged[dsec][dkey]!r} contradicts {ssec}.{skey}={src!r}: set it once, "
+                              f"as {ssec}.{skey} ({dsec}.{dkey} follows it)")
+        merged[dsec][dkey] = src
+
+
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> List[tuple]:
+    """``[(dotted key, old value, new value)]`` where two config dicts (``Config.to_dict()``) differ."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += config_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append((f"{prefix}{k}", a, b))
+    return out
 
 
 def parse_override(item: str):
@@ -323,6 +386,7 @@ def build_config(raw: Optional[Mapping[str, Any]] = None, overrides: Sequence[st
         if section not in SECTIONS:
             raise _unknown_key("", section, list(SECTIONS))
         merged[section][key] = value
+    _derive(merged)
     sections = {name: _build_section(name, cls, merged[name]) for name, cls in SECTIONS.items()}
     try:
         return Config(**sections)

@@ -79,9 +79,9 @@ def main(argv=None) -> int:
     teacher_cfg = load_config(args.config, [*common, "model.student=vit_mini_cpu", "model.teacher=null",
                                             f"train.max_steps={args.teacher_steps}", f"log.dir={teacher_dir}"])
     teacher_run = run(teacher_cfg)
-    if teacher_run["interrupted"]:
+    if teacher_run.interrupted:
         return _stopped(teacher_run)
-    teacher_ckpt = Path(teacher_run["checkpoint_dir"]) / "encoder.pth"
+    teacher_ckpt = Path(teacher_run.checkpoint_dir) / "encoder.pth"
 
     student_dir = out / "student"
     log.info("3/4 distilling a tiny AMD student from it (%d steps) -> %s", args.student_steps, student_dir)
@@ -89,13 +89,13 @@ def main(argv=None) -> int:
                                             f"model.teacher_checkpoint={teacher_ckpt}",
                                             f"train.max_steps={args.student_steps}", f"log.dir={student_dir}"])
     student_run = run(student_cfg)
-    if student_run["interrupted"]:
+    if student_run.interrupted:
         return _stopped(student_run)
 
     log.info("4/4 linear probe (%s features): trained student vs randomly initialised student", PROBE_POOL)
-    trained, random_init = probe_pair(student_cfg, Path(student_run["checkpoint_dir"]))
+    trained, random_init = probe_pair(student_cfg, Path(student_run.checkpoint_dir))
     minutes = (time.perf_counter() - t0) / 60
-    last = student_run["last"]
+    last = student_run.last
     print(f"\nAMD demo done in {minutes:.1f} min (2 CPU cores: {last.get('clips_per_s', 0):.0f} clips/s, "
           f"data wait {100 * last.get('data_wait', 0):.0f}% of step time)")
     print(f"  linear probe on frozen student features ({PROBE_POOL}), val accuracy:")
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
 
 
 def _stopped(result) -> int:
-    print(f"\ndemo interrupted at step {result['step']}; checkpoint in {result['checkpoint_dir']}. "
+    print(f"\ndemo interrupted at step {result.step}; checkpoint in {result.checkpoint_dir}. "
           "Run the same command again to continue where it stopped.", file=sys.stderr)
     return 130
 

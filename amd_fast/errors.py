@@ -1,11 +1,49 @@
-"""The exceptions that mean "the user's input is wrong", for the command-line entry points.
+"""What can go wrong, in two families, and how every command-line entry point reports it.
 
-Each names the problem and the fix in its message, so ``python -m amd_fast.train`` / ``.probe`` print
-that message and exit 2 instead of a traceback. Anything not listed here is a bug and keeps its traceback.
-Config errors are caught earlier, by ``load_config``'s callers.
+- :class:`InputError`: the user's input is wrong (a config key, a shard folder, a checkpoint file, a
+  dataset listing). The message names the problem and the fix; the CLI prints it and exits 2.
+- :class:`RunFailed`: the input was fine but the run could not finish (a non-finite loss, too many
+  undecodable videos, a stalled rank, a full disk). The CLI prints the message and exits 1.
+- ``KeyboardInterrupt`` (Ctrl-C) exits 130; what was already written is kept.
+
+Anything else is a bug and keeps its traceback (exit 1). The concrete errors subclass these where
+they are raised (``ConfigError``, ``ShardError``, ``CheckpointError``, ...), so this module stays
+standard-library only: ``amd_fast.bootstrap`` uses it before anything is installed.
 """
-from amd_fast.data import CodecError, ShardError
-from amd_fast.models.checkpoint import CheckpointImportError
-from amd_fast.trainer.checkpoint import CheckpointError
+from __future__ import annotations
 
-INPUT_ERRORS = (ShardError, CodecError, CheckpointError, CheckpointImportError, FileNotFoundError)
+import sys
+from typing import Callable
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES = {EXIT_OK: "ok", EXIT_FAILED: "the run failed", EXIT_BAD_INPUT: "bad input (config, data, files)",
+              EXIT_INTERRUPTED: "interrupted (Ctrl-C); rerun the same command to continue"}
+
+
+class InputError(ValueError):
+    """The user's input is wrong; the message names the problem and the fix (exit 2)."""
+
+
+class RunFailed(RuntimeError):
+    """The run could not finish; the message says why and what was kept (exit 1)."""
+
+
+def run_cli(main: Callable[[], "int | None"], prog: str,
+            interrupted_hint: str = "what was finished is kept; rerun the same command to continue") -> int:
+    """Call ``main()`` and turn its outcome into the exit code every amd_fast command uses."""
+    try:
+        rc = main()
+    except InputError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except RunFailed as e:
+        print(f"{prog}: failed: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted; {interrupted_hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_OK if rc is None else int(rc)

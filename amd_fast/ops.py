@@ -1,8 +1,11 @@
 """The one place that picks Triton or eager for the memory-bound ops.
 
-Choice, first match wins: per-call ``impl=`` > ``AMD_FAST_OPS`` env var (``triton``|``eager``) >
-:func:`set_default_impl` (the config's ``ops`` setting) > automatic (``triton`` when the tensors are
-on CUDA, ``eager`` otherwise). The automatic/default choice is logged once per (op, impl).
+Each op takes ``impl``: ``'triton'``, ``'eager'`` or None (automatic: ``triton`` when the tensors are
+on CUDA, ``eager`` otherwise). There is no process-wide switch: the training config's
+``train.ops_impl`` is turned into an ``impl`` once by :func:`configured_impl` and handed to the
+objective and the models, which pass it on every call. ``AMD_FAST_OPS=triton|eager`` in the
+environment overrides the config there (logged); an explicit ``impl=`` in code is never overridden.
+The choice is logged once per (op, impl).
 
 Triton on CPU tensors only works under the Triton interpreter (``TRITON_INTERPRET=1``, set before
 ``triton`` is imported); asking for it otherwise raises an error naming the fix.
@@ -18,28 +21,34 @@ import torch
 from amd_fast.kernels import align_loss as _align
 from amd_fast.kernels import masked_gather as _gather
 from amd_fast.kernels import norm_pixel_loss as _pixel
-from amd_fast.kernels.norm_pixel_loss import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from amd_fast.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
 IMPLS = ("triton", "eager")
-_default_impl: str | None = None
+ENV_VAR = "AMD_FAST_OPS"
 _logged: set[tuple[str, str]] = set()
-
-
-def set_default_impl(name: str | None) -> None:
-    """Config override: 'triton', 'eager', or None/'auto' for automatic (triton on CUDA)."""
-    global _default_impl
-    if name in (None, "auto"):
-        _default_impl = None
-        return
-    _check_name(name, "set_default_impl")
-    _default_impl = name
 
 
 def _check_name(name: str, where: str) -> None:
     if name not in IMPLS:
         raise ValueError(f"{where}: unknown ops impl {name!r}; use one of {IMPLS} (or None for automatic)")
+
+
+def configured_impl(config_value: str | None) -> str | None:
+    """The ``impl`` a run passes to every op: ``$AMD_FAST_OPS`` if set (an override, logged), else the
+    config's value (``'auto'``/None -> None, i.e. automatic per device)."""
+    env = os.environ.get(ENV_VAR, "").strip().lower()
+    if env:
+        _check_name(env, ENV_VAR)
+        if env != config_value and ("override", env) not in _logged:
+            _logged.add(("override", env))
+            log.warning("ops: %s=%s overrides the config's ops choice (%s)", ENV_VAR, env, config_value or "auto")
+        return env
+    if config_value in (None, "auto"):
+        return None
+    _check_name(config_value, "ops impl")
+    return config_value
 
 
 def triton_interpreted() -> bool:
@@ -50,22 +59,18 @@ def triton_interpreted() -> bool:
 
 
 def resolve_impl(op: str, device: torch.device, impl: str | None = None) -> str:
-    """Which implementation ``op`` runs for tensors on ``device``."""
+    """Which implementation ``op`` runs for tensors on ``device`` (``impl=None``: automatic)."""
     if impl is not None:
         _check_name(impl, f"{op}(impl=...)")
-        chosen, why = impl, "per-call impl="
-    elif os.environ.get("AMD_FAST_OPS"):
-        chosen, why = os.environ["AMD_FAST_OPS"].strip().lower(), "env AMD_FAST_OPS"
-        _check_name(chosen, "AMD_FAST_OPS")
-    elif _default_impl is not None:
-        chosen, why = _default_impl, "set_default_impl"
+        chosen, why = impl, "asked for"
     else:
         chosen, why = ("triton" if device.type == "cuda" else "eager"), f"automatic (tensors on {device.type})"
     if chosen == "triton" and device.type != "cuda" and not triton_interpreted():
         raise RuntimeError(
-            f"{op}: impl 'triton' was asked for ({why}) but the tensors are on {device.type} and the Triton "
-            "interpreter is off. Fix: move the tensors to CUDA, use impl='eager' (or AMD_FAST_OPS=eager / "
-            "ops impl 'eager' in the config), or export TRITON_INTERPRET=1 before Python starts, i.e. before triton is imported (slow; tests only).")
+            f"{op}: impl 'triton' was asked for but the tensors are on {device.type} and the Triton "
+            "interpreter is off. Fix: move the tensors to CUDA, use train.ops_impl=eager (or "
+            f"{ENV_VAR}=eager), or export TRITON_INTERPRET=1 before Python starts, i.e. before triton is "
+            "imported (slow; tests only).")
     if (op, chosen) not in _logged:
         _logged.add((op, chosen))
         log.info("ops.%s: using %s (%s)", op, chosen, why)
@@ -90,7 +95,7 @@ def align_loss(students, teachers, kind: str = "l2", impl: str | None = None) ->
 
 
 def norm_pixel_loss(video: torch.Tensor, mask_idx: torch.Tensor, pred: torch.Tensor, *, tubelet: int = 2,
-                    patch: int = 16, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+                    patch: int = 16, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                     normalize_target: bool = True, impl: str | None = None) -> torch.Tensor:
     """MSE of pred (B, M, t·p·p·3) against the (per-patch normalized) pixels of the clip at mask_idx. fp32 scalar."""
     kw = dict(tubelet=tubelet, patch=patch, mean=mean, std=std, normalize_target=normalize_target)

@@ -83,8 +83,7 @@ def probe_model(model: nn.Module, data_cfg: DataConfig, train_split: str = "trai
 
 
 def main(argv: Optional[list] = None) -> int:
-    from amd_fast.config import ConfigError, load_config
-    from amd_fast.models import build_student, load_pretrained
+    from amd_fast.errors import run_cli
 
     p = argparse.ArgumentParser(prog="python -m amd_fast.probe", description="Linear probe of a student encoder.")
     p.add_argument("--config", required=True, help="the training YAML (model + data sections are used)")
@@ -94,26 +93,22 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    from amd_fast.errors import INPUT_ERRORS
 
-    torch.manual_seed(cfg.train.seed)
-    student = build_student(cfg.model)
-    try:
+    def probe() -> None:
+        from amd_fast.config import load_config
+        from amd_fast.models import build_student, load_pretrained
+
+        cfg = load_config(args.config, args.overrides)
+        torch.manual_seed(cfg.train.seed)
+        student = build_student(cfg.model)
         if args.weights:  # encoder.pth, a VideoMAE/AMD checkpoint or one of our step-*.pt: the encoder is what counts
             load_pretrained(student, args.weights)
         device = "cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu"
         res = probe_model(student.to(device), dataclasses.replace(cfg.data, device=device), pool=args.pool)
-    except INPUT_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"linear probe: train acc {res['train_acc']:.3f}, val acc {res['val_acc']:.3f} "
-          f"({res['num_train']} train / {res['num_val']} val videos, majority class {res['chance']:.3f})")
-    return 0
+        print(f"linear probe: train acc {res['train_acc']:.3f}, val acc {res['val_acc']:.3f} "
+              f"({res['num_train']} train / {res['num_val']} val videos, majority class {res['chance']:.3f})")
+
+    return run_cli(probe, "amd_fast.probe")
 
 
 if __name__ == "__main__":

@@ -5,13 +5,14 @@
 
 Overrides are YAML values (``optim.lr=1e-3``, ``model.teacher=null``, ``model.student_align_layers=[6,12]``).
 ``--print-config`` shows the merged, validated config and exits. See :mod:`amd_fast.config` for the keys.
+Exit codes (all amd_fast commands): 0 ok, 1 the run failed, 2 bad input, 130 interrupted.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from amd_fast.config import ConfigError, load_config
+from amd_fast.errors import run_cli
 
 
 def main(argv=None) -> int:
@@ -21,26 +22,20 @@ def main(argv=None) -> int:
     p.add_argument("--print-config", action="store_true", help="print the merged config and exit")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = p.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(cfg.to_yaml(), end="")
-        return 0
-    from amd_fast.errors import INPUT_ERRORS
-    from amd_fast.trainer.loop import NonFiniteLossError, run
 
-    try:
+    def train() -> int:
+        from amd_fast.config import load_config
+
+        cfg = load_config(args.config, args.overrides)
+        if args.print_config:
+            print(cfg.to_yaml(), end="")
+            return 0
+        from amd_fast.trainer.loop import run
+
         run(cfg)
-    except INPUT_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as e:
-        print(f"stopped: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return run_cli(train, "amd_fast.train")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+from amd_fast.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 
 def masked_gather(x: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
@@ -50,7 +49,7 @@ def _rearrange_patchify(x: torch.Tensor, tubelet: int, patch: int, split_c: bool
 
 
 def norm_pixel_loss(video: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor, *, tubelet: int = 2,
-                    patch: int = 16, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+                    patch: int = 16, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                     normalize_target: bool = True) -> torch.Tensor:
     """engine_for_pretraining_amd.py's target chain on the whole clip, boolean index, ``nn.MSELoss``."""
     with torch.no_grad():

@@ -7,10 +7,13 @@ recomputed from it. The Markdown and the PNG are derived from the same entries.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections import defaultdict
 from pathlib import Path
+
+log = logging.getLogger("bench.report")
 
 PARTS = ("loaders", "kernels", "train")
 
@@ -28,15 +31,25 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def write_all(record: dict, out_dir: Path, suffix: str = "") -> dict[str, Path]:
+    """JSON and Markdown first (the numbers), then the PNG chart, which needs matplotlib (the ``bench``
+    extra): without it the chart is skipped with a warning and the numbers are still written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = output_stem(out_dir, record["environment"], suffix)
-    paths = {ext: stem.with_suffix("." + ext) for ext in ("json", "md", "png")}
+    paths = {ext: stem.with_suffix("." + ext) for ext in ("json", "md")}
     _atomic_write(paths["json"], (json.dumps(record, indent=2, default=str) + "\n").encode())
     _atomic_write(paths["md"], markdown(record).encode())
-    png_tmp = paths["png"].with_name(paths["png"].name + ".tmp")
+    png = stem.with_suffix(".png")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log.warning("matplotlib is not installed: chart %s skipped (pip install matplotlib, or the bench extra: "
+                    "pip install -e .[bench]); the numbers are in %s", png, paths["json"])
+        return paths
+    png_tmp = png.with_name(png.name + ".tmp")
     chart(record, png_tmp)
-    os.replace(png_tmp, paths["png"])
+    os.replace(png_tmp, png)
+    paths["png"] = png
     return paths
 
 

@@ -37,6 +37,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from amd_fast.errors import InputError, RunFailed, run_cli  # noqa: E402
 from bench import report, timing  # noqa: E402
 
 log = logging.getLogger("bench")
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda, but torch sees no CUDA device; run with --device cpu (or auto)")
+        raise InputError("--device cuda, but torch sees no CUDA device; run with --device cpu (or auto)")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
@@ -115,14 +116,14 @@ def resolve_device(name: str) -> torch.device:
 def validate(args: argparse.Namespace) -> None:
     unknown = [p for p in args.parts if p not in PARTS]
     if unknown or not args.parts:
-        raise SystemExit(f"--parts: unknown {unknown or 'empty list'}; choose from {','.join(PARTS)}")
+        raise InputError(f"--parts: unknown {unknown or 'empty list'}; choose from {','.join(PARTS)}")
     for name in ("repeats", "kernel_batch", "loader_batch_size", "loader_batches", "train_steps", "train_batch_size",
                  "train_num_sample", "train_workers"):
         v = getattr(args, name)
         if v is not None and v < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1 (got {v})")
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1 (got {v})")
     if args.warmup is not None and args.warmup < 0:
-        raise SystemExit(f"--warmup must be >= 0 (got {args.warmup})")
+        raise InputError(f"--warmup must be >= 0 (got {args.warmup})")
 
 
 def summary(record: dict, paths: dict, seconds: float) -> str:
@@ -161,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return run_cli(lambda: bench(args), "bench/throughput.py", "parts already finished were not written")
+
+
+def bench(args: argparse.Namespace) -> int:
     validate(args)
     device = resolve_device(args.device)
     t0 = time.perf_counter()
@@ -190,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             from bench.parts import train as mod
         try:
             entries, settings, notes = mod.run(args, device, shards=shards)
-        except (SystemExit, KeyboardInterrupt):
+        except (InputError, KeyboardInterrupt):
             raise
         except Exception as err:  # keep the other parts' numbers; the failure is recorded and the exit code set
             log.exception("part %s failed", part)
@@ -210,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = report.write_all(record, args.out, suffix="-partial" if failed else "")
     print(summary(record, paths, seconds))
     if failed:
-        print(f"FAILED parts: {', '.join(failed)} (tracebacks above)", file=sys.stderr)
-        return 1
+        raise RunFailed(f"part(s) {', '.join(failed)} failed (tracebacks above); the other parts' numbers are in "
+                        f"{paths['json']}")
     return 0
 
 

@@ -36,8 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+from amd_fast.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 
 @triton.jit
@@ -151,13 +150,13 @@ class NormPixelLossFunction(torch.autograd.Function):
         return None, None, g, None, None, None, None, None
 
 
-def norm_pixel_loss_triton(video, mask_idx, pred, *, tubelet=2, patch=16, mean=IMAGENET_DEFAULT_MEAN,
-                           std=IMAGENET_DEFAULT_STD, normalize_target=True):
+def norm_pixel_loss_triton(video, mask_idx, pred, *, tubelet=2, patch=16, mean=IMAGENET_MEAN,
+                           std=IMAGENET_STD, normalize_target=True):
     return NormPixelLossFunction.apply(video, mask_idx, pred, tubelet, patch, tuple(mean), tuple(std),
                                        normalize_target)
 
 
-def masked_patches(video, mask_idx, tubelet, patch, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD):
+def masked_patches(video, mask_idx, tubelet, patch, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """(B, M, t·p·p, 3) fp32 un-normalized pixels of the masked tokens, gathered through a view (only the
     masked patches are copied, in the clip's dtype, then upcast)."""
     B, C, T, H, W = video.shape
@@ -173,8 +172,8 @@ def masked_patches(video, mask_idx, tubelet, patch, mean=IMAGENET_DEFAULT_MEAN, 
     return pat * ms[4:7] + ms[:3]
 
 
-def norm_pixel_loss_eager(video, mask_idx, pred, *, tubelet=2, patch=16, mean=IMAGENET_DEFAULT_MEAN,
-                          std=IMAGENET_DEFAULT_STD, normalize_target=True):
+def norm_pixel_loss_eager(video, mask_idx, pred, *, tubelet=2, patch=16, mean=IMAGENET_MEAN,
+                          std=IMAGENET_STD, normalize_target=True):
     """Plain PyTorch, same math, computed only at the masked tokens; loss in fp32."""
     check_inputs(video, mask_idx, pred, tubelet, patch)
     _check_normalizable(tubelet, patch, normalize_target)

@@ -1,10 +1,15 @@
 """Checkpoint files: atomic writes, keep-last pruning, torn / foreign files skipped on resume."""
+import errno
+import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
+from amd_fast.serialization import WriteError
 from amd_fast.trainer import checkpoint as ckpt
 
 
@@ -17,16 +22,36 @@ def test_atomic_save_leaves_no_temp_and_keeps_old_file_on_failure(tmp_path, monk
     path = m.save(_state(1), 1)
     assert path.name == "step-000000001.pt" and [p.name for p in tmp_path.iterdir()] == [path.name]
 
-    def boom(obj, f):
+    def boom(obj, f):  # what a full disk looks like from inside torch.save
         f.write(b"partial bytes")
-        raise OSError("disk full")
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0: file write failed")
 
     monkeypatch.setattr(torch, "save", boom)
-    with pytest.raises(OSError, match="disk full"):
-        ckpt.atomic_save({"x": 1}, path)
+    with pytest.raises(WriteError, match=r"cannot write .*step-000000001.pt: the disk is full .* previous file is kept"):
+        m.save(_state(2), 1)
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left, old file intact
     monkeypatch.undo()
     assert torch.equal(ckpt.load_checkpoint(path)["student"]["w"], torch.ones(3))
+
+    def enospc(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", enospc)
+    with pytest.raises(WriteError, match="disk is full"):
+        m.save(_state(3), 3)
+    monkeypatch.undo()
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [1]  # nothing pruned after a failed save
+
+
+def test_stale_temp_files_of_dead_runs_are_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a pid that no longer runs
+    stale = tmp_path / f".step-000000007.pt.tmp-{dead}"
+    live = tmp_path / f".step-000000008.pt.tmp-{os.getppid()}"  # a running process's write in progress
+    stale.write_bytes(b"torn")
+    live.write_bytes(b"in progress")
+    ckpt.CheckpointManager(tmp_path, keep_last=2, is_main=True)
+    assert not stale.exists() and live.exists()
 
 
 def test_keep_last_prunes_oldest(tmp_path):

@@ -4,8 +4,8 @@ import argparse
 import pytest
 import torch
 
-from amd_fast.models import build_student, build_teacher, export_encoder, load_pretrained
-from amd_fast.models.checkpoint import encoder_state_videomae
+from amd_fast.models import CheckpointImportError, build_student, build_teacher, export_encoder, load_pretrained
+from amd_fast.models.pretrained import encoder_state_videomae
 from tests.model_fixtures import tiny_model_config
 
 
@@ -95,7 +95,7 @@ def test_wrong_arch_and_layer_scale_mismatch_raise():
         load_pretrained(build_teacher(cfg), ls_state)
     with pytest.raises(ValueError, match="no tensors"):
         load_pretrained(build_teacher(cfg), {"epoch": 3})
-    with pytest.raises(FileNotFoundError, match="teacher_checkpoint"):
+    with pytest.raises(CheckpointImportError, match="teacher_checkpoint"):
         load_pretrained(build_teacher(cfg), "/nonexistent/ckpt.pth")
 
 

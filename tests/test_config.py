@@ -45,8 +45,8 @@ def test_wrong_type_names_key_got_and_expected():
 
 
 def test_section_validation_and_cross_checks():
-    with pytest.raises(ConfigError, match="data.num_frames=8 but model.num_frames=16"):
-        build_config({}, ["data.num_frames=8"])
+    with pytest.raises(ConfigError, match="model.num_frames=16 contradicts data.num_frames=8: set it once"):
+        build_config({}, ["data.num_frames=8", "model.num_frames=16"])
     with pytest.raises(ConfigError, match="train.amp"):
         build_config({}, ["train.amp=fp16"])
     with pytest.raises(ConfigError, match="unknown ViT arch"):
@@ -118,3 +118,28 @@ def test_cli_print_config_and_bad_key_exit_code(capsys):
 
 def test_defaults_are_a_valid_config():
     assert isinstance(build_config(), Config)
+
+
+def test_each_fact_is_set_once_and_derived_keys_follow():
+    cfg = build_config({"data": {"num_frames": 8, "input_size": 64}, "train": {"seed": 7, "device": "cpu"}})
+    assert (cfg.model.num_frames, cfg.model.input_size) == (8, 64)  # the model follows the clip contract
+    assert (cfg.data.seed, cfg.data.device) == (7, "cpu")  # the loader follows the run's seed and device
+    # writing a derived key is allowed when it agrees, an error naming both keys when it contradicts
+    assert build_config({}, ["data.input_size=64", "model.input_size=64"]).model.input_size == 64
+    with pytest.raises(ConfigError, match=r"data.seed=3 contradicts train.seed=0"):
+        build_config({}, ["data.seed=3"])
+    with pytest.raises(ConfigError, match=r"data.device='cuda' contradicts train.device='cpu'"):
+        build_config({}, ["train.device=cpu", "data.device=cuda"])
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", ".nan"])
+def test_non_finite_numbers_are_refused(value):
+    with pytest.raises(ConfigError, match=r"optim.lr=.*must be a finite number"):
+        build_config({}, [f"optim.lr={value}"])
+
+
+@pytest.mark.parametrize("student, teacher, bad", [("[4,2]", "[2,3]", "student"), ("[2,4]", "[3,3]", "teacher"),
+                                                   ("[6,6]", "[12,24]", "student")])
+def test_align_layer_lists_must_be_strictly_increasing(student, teacher, bad):
+    with pytest.raises(ConfigError, match=rf"model.{bad}_align_layers=.* must be strictly increasing"):
+        build_config({}, [f"model.student_align_layers={student}", f"model.teacher_align_layers={teacher}"])

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from amd_fast.data import DataConfig, build_loader
-from amd_fast.data.sampling import IMAGENET_MEAN, IMAGENET_STD
+from amd_fast.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 BACKENDS = ["dali", "eager"]
 
@@ -124,7 +124,7 @@ def test_state_dict_resumes_the_stream_and_epochs_reshuffle(synthetic_shards, ba
 
 
 def test_throughput_reports_clips_per_second(synthetic_shards):
-    from amd_fast.data.throughput import measure_clips_per_s
+    from amd_fast.data.loader_speed import measure_clips_per_s
 
     r = measure_clips_per_s(cfg_for(synthetic_shards, "eager", split="val", num_sample=2), batches=3, warmup=1)
     assert r["backend"] == "eager" and r["clips"] == 3 * 8 and r["clips_per_s"] > 0

@@ -97,4 +97,3 @@ def test_dataconfig_rejects_bad_values_naming_the_choices():
         DataConfig(num_sample=0)
     with pytest.raises(TypeError, match="valid fields"):
         DataConfig.from_kwargs(batchsize=4)
-    assert DataConfig.from_kwargs(batch_size=3, num_sample=2).clips_per_batch == 6

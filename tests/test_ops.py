@@ -1,4 +1,4 @@
-"""amd_fast.ops: one dispatch point (per-call > env AMD_FAST_OPS > set_default_impl > automatic)."""
+"""amd_fast.ops: one dispatch point (explicit impl > automatic; the config's choice, overridable by AMD_FAST_OPS)."""
 import logging
 
 import pytest
@@ -10,31 +10,38 @@ from amd_fast import ops
 @pytest.fixture(autouse=True)
 def _clean(monkeypatch):
     monkeypatch.delenv("AMD_FAST_OPS", raising=False)
-    ops.set_default_impl(None)
     ops._logged.clear()
-    yield
-    ops.set_default_impl(None)
 
 
 def test_precedence_and_automatic_choice(monkeypatch):
     cpu = torch.device("cpu")
     assert ops.resolve_impl("x", cpu) == "eager"
     assert ops.resolve_impl("x", torch.device("cuda")) == "triton"
-    ops.set_default_impl("triton")
-    assert ops.resolve_impl("x", cpu) == "triton"  # interpreter is on under the test suite
+    assert ops.resolve_impl("x", cpu, impl="triton") == "triton"  # interpreter is on under the test suite
+    assert ops.configured_impl("auto") is None and ops.configured_impl("triton") == "triton"
     monkeypatch.setenv("AMD_FAST_OPS", "eager")
-    assert ops.resolve_impl("x", cpu) == "eager"  # env beats config
-    assert ops.resolve_impl("x", cpu, impl="triton") == "triton"  # per call beats env
+    assert ops.configured_impl("triton") == "eager"  # env beats config
+    assert ops.resolve_impl("x", cpu, impl="triton") == "triton"  # an explicit impl in code beats env
+
+
+def test_no_process_wide_switch():
+    """The ops choice travels with the objects that use it: two models in one process can differ."""
+    from amd_fast.models import build_student
+    from tests.model_fixtures import tiny_model_config
+
+    a, b = build_student(tiny_model_config(), "triton"), build_student(tiny_model_config(), "eager")
+    assert (a.ops_impl, b.ops_impl) == ("triton", "eager")
+    assert not hasattr(ops, "set_default_impl")
 
 
 def test_unknown_names_are_rejected(monkeypatch):
     with pytest.raises(ValueError, match="unknown ops impl"):
-        ops.set_default_impl("cuda")
+        ops.configured_impl("cuda")
     with pytest.raises(ValueError, match="unknown ops impl"):
         ops.resolve_impl("x", torch.device("cpu"), impl="fast")
     monkeypatch.setenv("AMD_FAST_OPS", "tritonn")
     with pytest.raises(ValueError, match="AMD_FAST_OPS"):
-        ops.resolve_impl("x", torch.device("cpu"))
+        ops.configured_impl("auto")
 
 
 def test_triton_on_cpu_without_interpreter_names_the_fix(monkeypatch):

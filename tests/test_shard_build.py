@@ -73,7 +73,7 @@ def test_too_many_failures_stops_nonzero_and_keeps_work(tmp_path, capsys):
 def test_cli_missing_root_names_layout(tmp_path, capsys):
     rc = main(["--src", "kinetics400", "--root", str(tmp_path / "none"), "--no-progress"])
     err = capsys.readouterr().err
-    assert rc == 1 and "annotations/{train,val,test}.csv" in err
+    assert rc == 2 and "annotations/{train,val,test}.csv" in err  # bad input
 
 
 def _syn(out, **kw):

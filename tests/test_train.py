@@ -22,13 +22,15 @@ TINY = REPO / "configs" / "tiny-cpu.yaml"
 
 def tiny_overrides(shards: Path, out: Path, steps: int, *extra: str):
     """tiny-cpu.yaml made smaller still: 32 px clips, 2 videos x 2 clips per rank, eager workers off."""
-    return [f"data.shards={shards}", "data.input_size=32", "model.input_size=32", "data.batch_size=2",
+    return [f"data.shards={shards}", "data.input_size=32", "data.batch_size=2",
             "data.num_sample=2", "data.num_workers=0", f"train.max_steps={steps}", "train.log_every=1",
             f"log.dir={out}", "log.progress=false", "optim.warmup_steps=2", *extra]
 
 
-def read_metrics(log_dir: Path):
-    return [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
+def read_metrics(log_dir: Path, events: bool = False):
+    """The per-step rows of metrics.jsonl (``events=True``: the event rows, e.g. epoch_end)."""
+    rows = [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if ("event" in r) == events]
 
 
 # ---- schedules and optimizer -------------------------------------------------------------------------------
@@ -163,18 +165,19 @@ def test_nonfinite_loss_stops_with_step_and_term(synthetic_shards, tmp_path, mon
     def poisoned(self, video, generator=None):
         loss, terms = original(self, video, generator)
         calls["n"] += 1
-        if calls["n"] == 3:  # the third step (step index 2) goes bad in its generation-alignment term
+        if calls["n"] == 3:  # the third step (numbered 3, as in metrics.jsonl) goes bad in its generation term
             loss = loss + float("nan")
             terms = {**terms, "loss_gen": terms["loss_gen"] + float("nan"), "loss": loss.detach()}
         return loss, terms
 
     monkeypatch.setattr(models.AMDObjective, "__call__", poisoned)
     cfg = load_config(TINY, tiny_overrides(synthetic_shards, tmp_path / "nan", 6))
-    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 2: loss_gen=nan") as e:
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 3: loss_gen=nan") as e:
         run(cfg)
-    debug = tmp_path / "nan" / "checkpoints" / "rank0-nonfinite-step-000000002.pt"
+    debug = tmp_path / "nan" / "checkpoints" / "rank0-nonfinite-step-000000003.pt"
     assert str(debug) in str(e.value)
-    saved = torch.load(debug, weights_only=False)
+    assert [r["step"] for r in read_metrics(tmp_path / "nan")] == [1, 2]  # the same numbering as the log
+    saved = torch.load(debug, weights_only=True)
     assert saved["bad_terms"] == ["loss_gen", "loss"] and saved["batch"]["video"].shape[0] == 4
     assert all(torch.isfinite(v).all() for v in saved["student"].values())  # checked before the update
 

@@ -28,6 +28,8 @@ from __future__ import annotations
 import logging
 from typing import Union
 
+from amd_fast.errors import InputError
+
 from .backend import CodecError, choose_backend
 from .config import DataConfig
 from .shards import ShardError, open_shards
@@ -71,8 +73,9 @@ def build_loader(cfg: Union[DataConfig, dict, None] = None, rank: int = 0, world
 
         loader = EagerLoader(cfg, shards, rank, world_size, device, bad)
     if len(loader) == 0:
-        raise ValueError(f"rank {rank} of {world_size} gets {loader.num_rank_samples} samples, fewer than "
-                         f"batch_size={cfg.batch_size}: lower data.batch_size or set data.drop_last=false")
+        raise InputError(f"split {cfg.split!r} has {shards.num_samples} samples, so rank {rank} of {world_size} gets "
+                         f"{loader.num_rank_samples}, fewer than data.batch_size={cfg.batch_size}: lower "
+                         "data.batch_size, use fewer ranks, or set data.drop_last=false")
     if rank == 0:
         log.info("data: %s loader, %d samples in %d shards (%s split), %d batches/epoch/rank of %d videos x %d clips",
                  backend, shards.num_samples, len(shards.tars), cfg.split, len(loader), cfg.batch_size, cfg.num_sample)

@@ -11,6 +11,8 @@ import logging
 from typing import Optional, Set, Tuple
 
 from .config import DataConfig
+from amd_fast.errors import InputError
+
 from .shards import ShardSet, read_member
 
 log = logging.getLogger(__name__)
@@ -25,7 +27,7 @@ _ALIASES = {"avc": "h264", "avc1": "h264", "libx264": "h264", "h265": "hevc", "l
             "libvpx-vp9": "vp9", "libvpx": "vp8", "vp09": "vp9", "vp08": "vp8", "mp4v": "mpeg4"}
 
 
-class CodecError(RuntimeError):
+class CodecError(InputError):
     """The chosen backend cannot decode the shards' codec (message names the fix)."""
 
 

@@ -81,10 +81,6 @@ class DataConfig:
         need(len(self.scales) >= 1 and all(0 < float(s) <= 1 for s in self.scales),
              f"scales={list(self.scales)!r} must be a non-empty list of fractions in (0, 1]")
 
-    @property
-    def clips_per_batch(self) -> int:
-        return self.batch_size * self.num_sample
-
     @classmethod
     def from_kwargs(cls, **kwargs) -> "DataConfig":
         """Build from keyword arguments, naming the valid fields when one is unknown."""

@@ -30,9 +30,13 @@ import numpy as np
 import torch
 
 from .config import DataConfig
-from .sampling import FIX_OFFSETS, IMAGENET_MEAN, IMAGENET_STD, SNAP_PX, scale_pairs
-from .shards import INFO_EXT, VIDEO_EXTS, ShardSet, epoch_part, rank_batches
-from .stream import BadSampleCounter, LoaderStateMixin, StreamState
+from amd_fast.normalization import IMAGENET_MEAN, IMAGENET_STD
+
+from .sampling import FIX_OFFSETS, SNAP_PX, scale_pairs
+from amd_fast.shard.format import INFO_EXT, INFO_FRAMES, INFO_HEIGHT, INFO_LABEL, INFO_WIDTH, VIDEO_EXTS
+
+from .shards import ShardSet, epoch_part, rank_batches
+from .stream import BadSampleCounter, BadSampleError, BrokenShardsError, LoaderStateMixin, StreamState
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +63,7 @@ def clip_graph(cfg: DataConfig, tars: List[str], indexes: List[str], part: int, 
         dtypes=[types.UINT8, types.INT32], missing_component_behavior="skip",
         shard_id=part, num_shards=world_size, random_shuffle=shuffle,
         initial_fill=cfg.shuffle_buffer, seed=reader_seed, name=READER_NAME)
-    label, n, width, height = info[0], info[1], info[2], info[3]
+    label, n, width, height = info[INFO_LABEL], info[INFO_FRAMES], info[INFO_WIDTH], info[INFO_HEIGHT]
 
     # Clip start and indices (sampling.clip_start / clip_indices).
     room = dmath.max(n - T * step + 1, 1)
@@ -169,7 +173,7 @@ class DaliLoader(LoaderStateMixin):
             m = _DALI_FILE_RE.search(msg)
             where = m.group(1) if m else msg.strip().splitlines()[-1][:300]
             if self.cfg.on_bad_sample == "error":
-                raise RuntimeError(f"undecodable video {where} (set data.on_bad_sample=skip to drop its batch "
+                raise BadSampleError(f"undecodable video {where} (set data.on_bad_sample=skip to drop its batch "
                                    f"and go on)") from e
             if count:
                 self.bad.add("batch with an undecodable video (DALI drops the batch; counted per batch)", where, n=1)
@@ -187,8 +191,8 @@ class DaliLoader(LoaderStateMixin):
                 continue
             failures += 1
             if failures > 8:
-                raise RuntimeError(f"{failures} DALI batches in a row failed to decode; the shards look broken "
-                                   f"(check them with `python -m amd_fast.shard --verify`)")
+                raise BrokenShardsError(f"{failures} DALI batches in a row failed to decode; the shards look broken: "
+                                        "check them with `python -m amd_fast.shard --verify --out <shard folder>`")
 
     def _to_torch(self, outputs):
         from nvidia.dali.plugin.pytorch import feed_ndarray

@@ -25,11 +25,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from amd_fast.normalization import IMAGENET_MEAN, IMAGENET_STD
+from amd_fast.shard.format import ClipInfo
+
 from .config import DataConfig
-from .sampling import (IMAGENET_MEAN, IMAGENET_STD, FIX_OFFSETS, center_crop_box, clip_indices, clip_start,
-                       multiscale_crop_box, scale_pairs)
-from .shards import Sample, ShardSet, epoch_part, rank_batches, rank_range, read_member
-from .stream import BadSampleCounter, LoaderStateMixin, StreamState
+from .sampling import FIX_OFFSETS, center_crop_box, clip_indices, clip_start, multiscale_crop_box, scale_pairs
+from .shards import Sample, ShardError, ShardSet, epoch_part, rank_batches, rank_range, read_member
+from .stream import BadSampleCounter, BadSampleError, BrokenShardsError, LoaderStateMixin, StreamState
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +81,13 @@ def crop_resize(frames: torch.Tensor, box, size: int, flip: bool) -> torch.Tenso
 class ClipDataset(torch.utils.data.Dataset):
     """Map-style: item ``(epoch, position, sample_index)`` -> num_sample uint8 clips + label.
 
-    A video that fails to decode is replaced by the next sample in stored order (up to
-    ``RETRIES`` times; VideoMAE retries another sample the same way), so batches keep their size
-    (static shapes for torch.compile, equal step counts across DDP ranks); each failure is
-    reported in ``bad`` for the main process to count."""
+    A video that fails to decode (or whose members are cut off) is replaced by the next sample in
+    stored order, as VideoMAE retries another sample, so every batch has ``batch_size`` videos (static
+    shapes for torch.compile, equal step counts across DDP ranks); each failure is reported in ``bad``
+    for the main process to count. Only when ``MAX_REPLACEMENTS`` samples in a row fail is the item
+    marked ``broken``: the main process then stops with :class:`BrokenShardsError`."""
 
-    RETRIES = 3
+    MAX_REPLACEMENTS = 32
 
     def __init__(self, cfg: DataConfig, samples: List[Sample], rank: int, seed: int):
         self.cfg, self.samples, self.rank, self.seed = cfg, samples, rank, seed
@@ -97,21 +100,22 @@ class ClipDataset(torch.utils.data.Dataset):
         epoch, pos, i = item
         rng = np.random.default_rng([self.seed, epoch, self.rank, pos])
         bad = []
-        for attempt in range(self.RETRIES + 1):
+        for attempt in range(min(self.MAX_REPLACEMENTS, len(self.samples))):
             s = self.samples[(i + attempt) % len(self.samples)]
             try:
                 out = self._load(s, rng)
                 out["bad"] = bad
                 return out
-            except (DecodeError, OSError, struct.error) as e:
+            except (DecodeError, OSError, struct.error, ShardError) as e:
                 bad.append((f"{s.tar}:{s.key}", str(e)))
                 if self.cfg.on_bad_sample == "error":
                     break
-        return {"bad": bad}
+        return {"bad": bad, "broken": True}
 
     def _load(self, s: Sample, rng: np.random.Generator) -> dict:
         cfg = self.cfg
-        label, n, _, _, _ = struct.unpack("<5i", read_member(s.tar, s.info))
+        info = ClipInfo.unpack(read_member(s.tar, s.info))
+        label, n = info.label, info.frames
         start = clip_start(n, cfg.num_frames, cfg.sampling_rate, rng.random(), cfg.train)
         idx = clip_indices(n, start, cfg.num_frames, cfg.sampling_rate)
         frames = torch.from_numpy(decode_frames(read_member(s.tar, s.video), idx))
@@ -129,11 +133,12 @@ class ClipDataset(torch.utils.data.Dataset):
 
 
 def collate(items):
-    good = [it for it in items if "video" in it]
     out = {"bad": [b for it in items for b in it["bad"]]}
-    if good:
-        out["video"] = torch.cat([it["video"] for it in good])  # (b*num_sample, 3, T, S, S), video-major
-        out["label"] = torch.tensor([it["label"] for it in good], dtype=torch.int64)
+    if any(it.get("broken") for it in items):
+        out["broken"] = True  # the main process raises; never a short batch
+        return out
+    out["video"] = torch.cat([it["video"] for it in items])  # (b*num_sample, 3, T, S, S), video-major
+    out["label"] = torch.tensor([it["label"] for it in items], dtype=torch.int64)
     return out
 
 
@@ -188,11 +193,14 @@ class EagerLoader(LoaderStateMixin):
             st.batch += 1
             for where, why in batch["bad"]:
                 if cfg.on_bad_sample == "error":
-                    raise RuntimeError(f"undecodable video {where}: {why} "
+                    raise BadSampleError(f"undecodable video {where}: {why} "
                                        f"(set data.on_bad_sample=skip to skip such samples)")
                 self.bad.add("undecodable video (replaced by the next sample)", f"{where}: {why}")
-            if "video" not in batch:
-                continue  # every retry failed: the shards are badly broken; counted above
+            if batch.get("broken"):
+                raise BrokenShardsError(
+                    f"{ClipDataset.MAX_REPLACEMENTS} samples in a row failed to load (last: {batch['bad'][-1][0]}: "
+                    f"{batch['bad'][-1][1]}); the shards look broken: check them with `python -m amd_fast.shard "
+                    "--verify --out <shard folder>` and rebuild the bad ones")
             yield {"video": self._normalize(batch["video"]), "label": batch["label"].to(self.device, non_blocking=True)
                    .repeat_interleave(cfg.num_sample)}
         st.epoch, st.batch = epoch + 1, 0

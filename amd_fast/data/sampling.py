@@ -38,9 +38,6 @@ FIX_OFFSETS: Tuple[Tuple[int, int], ...] = (
 )
 SNAP_PX = 3  # crop sizes within 3 px of input_size snap to it (reference quirk, kept)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def scale_pairs(num_scales: int, max_distort: int) -> Tuple[Tuple[int, int], ...]:
     """(i_h, j_w) scale-index pairs the crop draws from uniformly, in the reference's order."""

@@ -11,17 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+from amd_fast.errors import InputError
+from amd_fast.shard import format as shard_format
 from amd_fast.shard import manifest as shard_manifest
-from amd_fast.shard import writer as shard_writer
+from amd_fast.shard.format import INFO_BYTES, INFO_EXT, VIDEO_EXTS
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTS = ("mp4", "webm", "mkv", "avi")
-INFO_EXT = "clipinfo"
-INFO_BYTES = 20  # 5 little-endian int32: label_index, frames, width, height, fps*1000
 
-
-class ShardError(RuntimeError):
+class ShardError(InputError):
     """A shard file is missing, truncated or unreadable (the message names the file)."""
 
 
@@ -82,11 +80,11 @@ def read_manifest(path: Path) -> dict:
 def _parse_index(idx_path: Path, tar_path: Path) -> List[Tuple[str, Dict[str, Tuple[int, int]]]]:
     """Members of each sample from the DALI index: [(key, {ext: (offset, size)})]."""
     try:
-        index = shard_writer.read_index(idx_path)
+        index = shard_format.read_index(idx_path)
     except (OSError, ValueError) as e:
         raise ShardError(f"cannot use index {idx_path}: {e}; rebuild it with `wds2idx {tar_path} {idx_path}` "
                          "or rerun `python -m amd_fast.shard`") from e
-    keys = shard_writer.sample_keys(index)
+    keys = shard_format.sample_keys(index)
     return [(key, {ext: (off, size) for ext, off, size, _ in members}) for key, members in zip(keys, index)]
 
 

@@ -10,6 +10,8 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Dict
 
+from amd_fast.errors import RunFailed
+
 log = logging.getLogger(__name__)
 
 
@@ -35,22 +37,42 @@ class StreamState:
         self.epoch, self.batch, self.seed = int(d["epoch"]), int(d["batch"]), int(d["seed"])
 
 
+class BrokenShardsError(RunFailed):
+    """So many samples in a row failed that the shards themselves must be broken (message names one)."""
+
+
+class BadSampleError(RunFailed):
+    """A sample failed with ``data.on_bad_sample=error`` (message names the sample and the switch)."""
+
+
 class BadSampleCounter:
-    """Counts skipped samples by reason and warns (rate-limited) on the first ones."""
+    """Counts skipped samples by reason, in total and since :meth:`take_epoch` was last called.
+
+    The first ``WARN_FIRST`` are logged one by one (which sample, why); after that they are only
+    counted, and whoever drives the epochs (the trainer) logs the per-epoch totals by reason.
+    """
 
     WARN_FIRST = 10
 
     def __init__(self):
         self.counts: Dict[str, int] = {}
+        self.epoch_counts: Dict[str, int] = {}
         self.total = 0
 
     def add(self, reason: str, where: str, n: int = 1) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + n
+        self.epoch_counts[reason] = self.epoch_counts.get(reason, 0) + n
         self.total += n
         if self.total <= self.WARN_FIRST:
             log.warning("skipped %d sample(s): %s: %s (%d skipped so far)", n, reason, where, self.total)
         elif self.total == self.WARN_FIRST + 1:
-            log.warning("more bad samples; further ones are only counted (see loader.bad_samples)")
+            log.warning("more bad samples: from now on they are only counted; totals by reason are logged at "
+                        "the end of each epoch (and in metrics.jsonl)")
+
+    def take_epoch(self) -> Dict[str, int]:
+        """The counts by reason since the last call, and reset them."""
+        out, self.epoch_counts = self.epoch_counts, {}
+        return out
 
 
 class LoaderStateMixin:

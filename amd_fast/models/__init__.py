@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import logging
 
+from amd_fast import ops
+
 from amd_fast.models.archs import ARCHS, ViTArch, get_arch
-from amd_fast.models.checkpoint import CheckpointImportError, LoadReport, export_encoder, load_pretrained
+from amd_fast.models.pretrained import CheckpointImportError, LoadReport, export_encoder, load_pretrained
 from amd_fast.models.config import LossConfig, ModelConfig
 from amd_fast.models.objective import AMDObjective
 from amd_fast.models.student import AMDStudent, StudentOutput
@@ -19,20 +21,23 @@ __all__ = [
 ]
 
 
-def build_student(cfg: ModelConfig) -> AMDStudent:
-    """A freshly initialised student (plain VideoMAE when ``cfg.teacher`` is None)."""
-    return AMDStudent(cfg)
+def build_student(cfg: ModelConfig, ops_impl: str | None = "auto") -> AMDStudent:
+    """A freshly initialised student (plain VideoMAE when ``cfg.teacher`` is None).
+
+    ``ops_impl``: the config's ``train.ops_impl`` ('auto' | 'triton' | 'eager'), resolved once by
+    :func:`amd_fast.ops.configured_impl` (which lets ``AMD_FAST_OPS`` override it)."""
+    return AMDStudent(cfg, ops.configured_impl(ops_impl))
 
 
-def build_teacher(cfg: ModelConfig) -> AMDTeacher | None:
+def build_teacher(cfg: ModelConfig, ops_impl: str | None = "auto") -> AMDTeacher | None:
     """The frozen teacher, loaded from ``cfg.teacher_checkpoint``; None when ``cfg.teacher`` is None.
 
     Without a checkpoint the teacher keeps its random init: fine for tests and the CPU demo,
-    meaningless for real distillation, so it is logged as a warning.
+    meaningless for real distillation, so it is logged as a warning. ``ops_impl`` as in build_student.
     """
     if cfg.teacher is None:
         return None
-    teacher = AMDTeacher(cfg)
+    teacher = AMDTeacher(cfg, ops.configured_impl(ops_impl))
     if cfg.teacher_checkpoint:
         load_pretrained(teacher, cfg.teacher_checkpoint)
     else:

@@ -26,8 +26,9 @@ class ModelConfig:
     decoder_depth: int = 4
     decoder_dim: Optional[int] = None  # None: the arch's (ViT-S 192, ViT-B 384)
     decoder_heads: Optional[int] = None
-    # 1-based block indices (as the reference's --student_layer_*_align); the i-th student layer is aligned
-    # with the i-th teacher layer, both directly and through the generator.
+    # 1-based block indices (as the reference's --student_layer_*_align), strictly increasing: the i-th
+    # student layer is aligned with the i-th teacher layer, both directly and through the generator (the
+    # reference collects features in depth order, so an unsorted list would pair them differently).
     student_align_layers: List[int] = field(default_factory=lambda: [6, 12])
     teacher_align_layers: List[int] = field(default_factory=lambda: [12, 24])
     generator_depth: int = 2
@@ -57,6 +58,11 @@ class ModelConfig:
                 f"equal length (pairs of 1-based block indices)"
             )
         for name, layers, depth in (("student", s, stu.depth), ("teacher", t, tea.depth)):
+            if any(b <= a for a, b in zip(layers, layers[1:])):
+                raise ValueError(
+                    f"model.{name}_align_layers={layers} must be strictly increasing, e.g. {sorted(set(layers))}: "
+                    "the reference pairs student and teacher layers in depth order, so an unsorted or repeated "
+                    "list would silently align other layers than you wrote")
             bad = [l for l in layers if not 1 <= l <= depth]
             if bad:
                 raise ValueError(

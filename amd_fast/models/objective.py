@@ -23,8 +23,9 @@ class AMDObjective:
     """``objective(video) -> (loss, terms)``; ``student`` may be DDP-wrapped (it is called exactly once)."""
 
     def __init__(self, student: nn.Module, teacher: Optional[nn.Module], mask_cfg: MaskConfig, loss_cfg: LossConfig,
-                 model_cfg: Optional[ModelConfig] = None):
+                 model_cfg: Optional[ModelConfig] = None, ops_impl: Optional[str] = None):
         self.student, self.teacher = student, teacher
+        self.ops_impl = ops_impl  # for the two losses; the models carry their own (see amd_fast.ops)
         self.mask_cfg, self.loss_cfg = mask_cfg, loss_cfg
         self.model_cfg = model_cfg or unwrap(student).cfg
         if (teacher is None) != (self.model_cfg.teacher is None):
@@ -49,12 +50,12 @@ class AMDObjective:
                 targets = self.teacher(video, masks)
         out = self.student(video, masks)
         loss_pix = ops.norm_pixel_loss(video, masks.mask_idx, out.pixel_pred, tubelet=cfg.tubelet_size,
-                                       patch=cfg.patch_size, normalize_target=lc.normalize_target)
+                                       patch=cfg.patch_size, normalize_target=lc.normalize_target, impl=self.ops_impl)
         loss = lc.rec * loss_pix
         terms = {"loss_pix": loss_pix.detach()}
         if targets is not None:
-            loss_dir = ops.align_loss(out.direct, targets.direct, kind=lc.align_kind)
-            loss_gen = ops.align_loss(out.generated, targets.generated, kind=lc.align_kind)
+            loss_dir = ops.align_loss(out.direct, targets.direct, kind=lc.align_kind, impl=self.ops_impl)
+            loss_gen = ops.align_loss(out.generated, targets.generated, kind=lc.align_kind, impl=self.ops_impl)
             loss = loss + lc.dir * loss_dir + lc.gen * loss_gen
             terms.update(loss_dir=loss_dir.detach(), loss_gen=loss_gen.detach())
         terms["loss"] = loss.detach()

@@ -22,7 +22,7 @@ plain VideoMAE (no heads, no generators).
 """
 from __future__ import annotations
 
-from typing import List, NamedTuple
+from typing import List, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -58,9 +58,12 @@ class FeatureGenerator(nn.Module):
 
 
 class AMDStudent(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    """``ops_impl``: 'triton' | 'eager' | None (automatic per device) for the masked gather (see amd_fast.ops)."""
+
+    def __init__(self, cfg: ModelConfig, ops_impl: Optional[str] = None):
         super().__init__()
         self.cfg = cfg
+        self.ops_impl = ops_impl
         arch = get_arch(cfg.student)
         self.encoder = ViTEncoder(arch, input_size=cfg.input_size, patch_size=cfg.patch_size,
                                   num_frames=cfg.num_frames, tubelet_size=cfg.tubelet_size,
@@ -117,7 +120,7 @@ class AMDStudent(nn.Module):
     def forward(self, video: torch.Tensor, masks: Masks) -> StudentOutput:
         vis_idx, diff_idx, mask_idx = masks
         tokens = self.encoder.patch_embed(video)
-        x = ops.masked_gather(tokens, vis_idx, self.encoder.pos_embed)
+        x = ops.masked_gather(tokens, vis_idx, self.encoder.pos_embed, impl=self.ops_impl)
         x, feats = self.encoder.forward_tokens(x, self.align_layers)
         direct = [head(f) for head, f in zip(self.projection_heads, feats)]
         generated = []

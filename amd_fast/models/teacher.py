@@ -12,7 +12,7 @@ forward runs under ``no_grad``.
 """
 from __future__ import annotations
 
-from typing import List, NamedTuple
+from typing import List, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -30,8 +30,9 @@ class TeacherOutput(NamedTuple):
 
 
 class AMDTeacher(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, ops_impl: Optional[str] = None):
         super().__init__()
+        self.ops_impl = ops_impl  # 'triton' | 'eager' | None (automatic), see amd_fast.ops
         if cfg.teacher is None:
             raise ValueError("model.teacher is None (plain VideoMAE): there is no teacher to build")
         self.cfg = cfg
@@ -52,7 +53,7 @@ class AMDTeacher(nn.Module):
         pos = self.encoder.pos_embed
         # One gather over the concatenated ids (disjoint, each half sorted) instead of two gathers and a cat
         # of the gathered features: the index cat is tiny, the feature cat would copy the whole teacher input.
-        x = ops.masked_gather(tokens, torch.cat([vis_idx, diff_idx], dim=1), pos)
+        x = ops.masked_gather(tokens, torch.cat([vis_idx, diff_idx], dim=1), pos, impl=self.ops_impl)
         _, feats = self.encoder.forward_tokens(x, self.align_layers)
         n_vis = vis_idx.shape[1]
         return TeacherOutput([f[:, :n_vis] for f in feats], [f[:, n_vis:] for f in feats])

@@ -1,13 +1,15 @@
 """ViT pieces shared by student and teacher (VideoMAE layout, timm layers).
 
 Parameter names follow timm (``blocks.N.attn.qkv``, ``ls1.gamma``, ``mlp.fc1``...);
-``models.checkpoint`` maps VideoMAE / AMD names (``q_bias``/``v_bias``, ``gamma_1``)
+``models.pretrained`` maps VideoMAE / AMD names (``q_bias``/``v_bias``, ``gamma_1``)
 onto them. Attention is timm's, which uses fused SDPA.
 
 On the key bias: VideoMAE's attention has q and v biases but none for k. timm's
-``qkv`` has one bias for all three; the k third starts at zero and gets zero
-gradient (adding ``q.b_k`` to every logit of a row cannot change a softmax), so the
-math is the reference's. Import fills the k third with zeros; export drops it.
+``qkv`` has one bias for all three; the k third starts at zero and a gradient hook
+zeroes its gradient, so it stays exactly zero and the math is the reference's. (Its
+true gradient is zero anyway, since adding ``q.b_k`` to every logit of a row cannot
+change a softmax, but rounding leaves ~1e-8, which AdamW's normalisation would blow up
+into real updates.) Import fills the k third with zeros; export drops it.
 """
 from __future__ import annotations
 
@@ -60,6 +62,13 @@ class PatchEmbed(nn.Module):
         return self.proj(video).flatten(2).transpose(1, 2)
 
 
+def _zero_key_bias_grad(grad: torch.Tensor, dim: int) -> torch.Tensor:
+    """VideoMAE has no key bias: keep the k third of timm's fused qkv bias at zero (see module doc)."""
+    grad = grad.clone()
+    grad[dim:2 * dim] = 0
+    return grad
+
+
 class Block(nn.Module):
     """Pre-norm transformer block (timm layout); LayerScale only when ``init_values > 0``."""
 
@@ -67,6 +76,7 @@ class Block(nn.Module):
         super().__init__()
         self.norm1 = LayerNorm(dim)
         self.attn = Attention(dim, num_heads=heads, qkv_bias=True)
+        self.attn.qkv.bias.register_hook(partial(_zero_key_bias_grad, dim=dim))
         self.ls1 = LayerScale(dim, init_values) if init_values > 0 else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = LayerNorm(dim)
@@ -106,7 +116,7 @@ class ViTEncoder(nn.Module):
 
     ``depth`` may be less than the arch's (the teacher keeps only the blocks it needs).
     State-dict names: ``patch_embed.proj.*``, ``blocks.N.*``, ``norm.*`` — VideoMAE's, after
-    ``models.checkpoint`` renames the attention bias / layer-scale entries.
+    ``models.pretrained`` renames the attention bias / layer-scale entries.
     """
 
     def __init__(self, arch: ViTArch, *, input_size: int, patch_size: int, num_frames: int, tubelet_size: int,

@@ -7,8 +7,9 @@ Examples::
     python -m amd_fast.shard --src ssv2 --root /data/ssv2 --codec vp9 --short-side 224 --gop 8 --workers 16
     python -m amd_fast.shard --src kinetics400 --root /data/k400 --verify   # re-check what was built
 
-Exit codes: 0 ok, 1 build error / too many failed videos / verification problems, 2 bad usage,
-130 interrupted (rerun the same command to resume).
+Exit codes: 0 ok, 1 the build failed (too many failed videos, disk full) or --verify found problems,
+2 bad input (options, dataset layout, a folder another run is writing), 130 interrupted (rerun the
+same command to resume).
 """
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ import logging
 import sys
 from pathlib import Path
 
-from .build import TooManyFailures, build_shards_report
+from amd_fast.errors import RunFailed, run_cli
+
+from .build import build_shards_report
 from .options import CODECS, SOURCES, ShardOptions
-from .plan import PlanMismatch
-from .sources import LayoutError, UnknownLabelError
 
 log = logging.getLogger("amd_fast.shard")
 
@@ -94,21 +95,17 @@ def _summary(report) -> str:
 def main(argv=None) -> int:
     a = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def shard() -> int:
         opts = options_from_args(a).resolved()
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        report = build_shards_report(opts)
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished shards are kept; rerun the same command to resume", file=sys.stderr)
-        return 130
-    except (LayoutError, UnknownLabelError, PlanMismatch, TooManyFailures, RuntimeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print("summary:\n" + _summary(report))
-    if report.verify is not None:
+        try:
+            report = build_shards_report(opts)
+        except OSError as e:  # disk full, permissions, a vanished folder: the run could not finish
+            raise RunFailed(f"{e}; finished shards are kept, fix the cause and rerun the same command to resume") \
+                from None
+        print("summary:\n" + _summary(report))
+        if report.verify is None:
+            return 0
         rep = report.verify
         print(f"verify: {rep.manifests} manifests, {rep.shards} shards, {rep.samples} samples, "
               f"{len(rep.problems)} problems")
@@ -116,9 +113,9 @@ def main(argv=None) -> int:
             print(f"  {p}")
         if len(rep.problems) > 50:
             print(f"  ... and {len(rep.problems) - 50} more")
-        if rep.problems:
-            return 1
-    return 0
+        return 1 if rep.problems else 0
+
+    return run_cli(shard, "amd_fast.shard", "finished shards are kept; rerun the same command to resume")
 
 
 if __name__ == "__main__":

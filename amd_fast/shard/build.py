@@ -6,28 +6,30 @@ video into encoded bytes or a failure reason; the parent consumes results in pla
 """
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing as mp
 import signal
-import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from amd_fast.errors import RunFailed
+
 from . import sources, synthetic
-from .manifest import ShardLog, failures_path, journal_path, manifest_path, read_jsonl, write_manifest
+from .lock import SplitLocks
+from .manifest import ShardLog, failures_path, journal_path, manifest_path, read_jsonl, read_manifest, write_manifest
 from .options import ShardOptions
 from .plan import PlannedVideo, check_or_write_plan, plan_dict, plan_split
 from .transcode import EncodedVideo, VideoError, copy_video, encode_frames, transcode_video
+from .format import read_index, sample_keys, sample_members, sample_meta
 from .verify import VerifyReport, verify_shards
-from .writer import ShardWriter, finished_shard, read_index, sample_keys, tmp_path
+from .writer import ShardWriter, finished_shard, tmp_path
 
 log = logging.getLogger(__name__)
 
 
-class TooManyFailures(RuntimeError):
+class TooManyFailures(RunFailed):
     pass
 
 
@@ -51,19 +53,22 @@ class BuildReport:
 
 
 def load_index(o: ShardOptions) -> sources.SourceIndex:
+    """The labelled videos of each split, each video once (see ``sources.drop_duplicates``)."""
     if o.src == "synthetic":
         return synthetic.synthetic_index(o.splits, o.synthetic_count, o.synthetic_classes, o.seed)
     if o.src == "kinetics400":
-        return sources.load_kinetics400(o.root, o.splits, o.classes_file)
-    if o.src == "ssv2":
-        return sources.load_ssv2(o.root, o.splits)
-    if o.src == "ucf101":
-        return sources.load_ucf101(o.root, o.splits, o.fold)
-    if o.src == "hmdb51":
-        return sources.load_hmdb51(o.root, o.splits, o.fold)
-    if o.src == "csv":
-        return sources.load_csv(o.list_file, o.splits, o.root, o.classes_file)
-    return sources.load_folder(o.root, o.splits)
+        index = sources.load_kinetics400(o.root, o.splits, o.classes_file)
+    elif o.src == "ssv2":
+        index = sources.load_ssv2(o.root, o.splits)
+    elif o.src == "ucf101":
+        index = sources.load_ucf101(o.root, o.splits, o.fold)
+    elif o.src == "hmdb51":
+        index = sources.load_hmdb51(o.root, o.splits, o.fold)
+    elif o.src == "csv":
+        index = sources.load_csv(o.list_file, o.splits, o.root, o.classes_file)
+    else:
+        index = sources.load_folder(o.root, o.splits)
+    return sources.drop_duplicates(index)
 
 
 @dataclass(frozen=True)
@@ -98,11 +103,9 @@ def _encode(job: _Job):
 
 
 def _members(v: EncodedVideo, label: int, classes, source: str) -> list:
-    meta = {"label": classes[label], "label_index": label, "frames": v.frames, "fps": v.fps, "width": v.width,
-            "height": v.height, "codec": v.codec, "container": v.container, "source": source}
-    clipinfo = struct.pack("<5i", label, v.frames, v.width, v.height, round(v.fps * 1000))
-    return [(v.container, v.data), ("cls", str(label).encode()), ("json", json.dumps(meta).encode()),
-            ("clipinfo", clipinfo)]
+    meta = sample_meta(label_name=classes[label], label=label, frames=v.frames, fps=v.fps, width=v.width,
+                       height=v.height, codec=v.codec, container=v.container, source=source)
+    return sample_members(v.data, meta)
 
 
 def _display_source(rec: sources.VideoRecord, root: Optional[Path]) -> str:
@@ -250,23 +253,49 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="video", disable=not enabled, dynamic_ncols=True)
 
 
+def _complete_splits(o: ShardOptions) -> bool:
+    return all(manifest_path(o.out, s).is_file() for s in o.splits)
+
+
+def _report_existing(o: ShardOptions, report: BuildReport) -> None:
+    """Counts of complete splits, from their manifests (verify-only runs read nothing else)."""
+    for split in o.splits:
+        m = read_manifest(manifest_path(o.out, split))
+        report.splits[split] = SplitStats(videos_ok=m["num_samples"], videos_failed=m["num_failures"],
+                                          shards=len(m["shards"]), shards_kept=len(m["shards"]), bytes=m["bytes"])
+        report.manifests[split] = manifest_path(o.out, split)
+        report.failure_logs[split] = failures_path(o.out, split)
+
+
 def build_shards_report(opts: ShardOptions) -> BuildReport:
-    """Like :func:`build_shards`, also returning per-split counts and the wall time."""
+    """Like :func:`build_shards`, also returning per-split counts and the wall time.
+
+    With ``verify`` and every requested split already complete (its manifest present), nothing is built
+    and the sources are not read: the shards alone are verified, so shards on read-only storage or whose
+    source folder moved can be checked. Building takes ``<out>/<split>.lock`` for every split first
+    (``shard.lock``): a second run into the same output refuses, naming the first.
+    """
     t0 = time.perf_counter()
     o = opts.resolved()
-    index = load_index(o)
-    o.out.mkdir(parents=True, exist_ok=True)
     report = BuildReport()
-    pool = _Pool(o.workers)
-    ok = False
-    try:
-        for split in o.splits:
-            report.splits[split] = SplitStats()
-            report.manifests[split] = _build_split(o, index, split, pool, report.splits[split])
-            report.failure_logs[split] = failures_path(o.out, split)
-        ok = True
-    finally:
-        pool.close(terminate=not ok)
+    if o.verify and not o.overwrite and _complete_splits(o):
+        log.info("every requested split in %s is complete (%s): verifying the shards only, without reading "
+                 "the sources", o.out, ", ".join(o.splits))
+        _report_existing(o, report)
+    else:
+        index = load_index(o)
+        o.out.mkdir(parents=True, exist_ok=True)
+        with SplitLocks(o.out, o.splits):
+            pool = _Pool(o.workers)
+            ok = False
+            try:
+                for split in o.splits:
+                    report.splits[split] = SplitStats()
+                    report.manifests[split] = _build_split(o, index, split, pool, report.splits[split])
+                    report.failure_logs[split] = failures_path(o.out, split)
+                ok = True
+            finally:
+                pool.close(terminate=not ok)
     report.wall_s = time.perf_counter() - t0
     if o.verify:
         report.verify = verify_shards(o.out, manifests=list(report.manifests.values()), workers=o.workers,
@@ -274,7 +303,7 @@ def build_shards_report(opts: ShardOptions) -> BuildReport:
     return report
 
 
-class VerifyFailed(RuntimeError):
+class VerifyFailed(RunFailed):
     pass
 
 

@@ -7,6 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from amd_fast.errors import InputError
+
+class ShardOptionsError(InputError):
+    """An invalid combination of shard-tool options (the message names the option and the fix)."""
+
+
 SOURCES = ("synthetic", "kinetics400", "ssv2", "ucf101", "hmdb51", "csv", "folder")
 CODECS = ("copy", "h264", "vp9", "mjpeg")
 
@@ -73,15 +79,15 @@ class ShardOptions:
         """A validated copy with defaults filled in (codec, out, splits, absolute paths)."""
         o = dataclasses.replace(self)
         if o.src not in SOURCES:
-            raise ValueError(f"unknown --src {o.src!r}; choose one of {', '.join(SOURCES)}")
+            raise ShardOptionsError(f"unknown --src {o.src!r}; choose one of {', '.join(SOURCES)}")
         if o.codec is None:
             o.codec = "vp9" if o.src == "synthetic" else "copy"
         if o.codec not in CODECS:
-            raise ValueError(f"unknown --codec {o.codec!r}; choose one of {', '.join(CODECS)}")
+            raise ShardOptionsError(f"unknown --codec {o.codec!r}; choose one of {', '.join(CODECS)}")
         if o.src == "synthetic" and o.codec == "copy":
-            raise ValueError("--src synthetic generates frames, so it needs an encoder: --codec vp9|h264|mjpeg")
+            raise ShardOptionsError("--src synthetic generates frames, so it needs an encoder: --codec vp9|h264|mjpeg")
         if o.codec == "copy" and (o.short_side or o.gop):
-            raise ValueError("--short-side/--gop need re-encoding; add --codec vp9 (or h264/mjpeg)")
+            raise ShardOptionsError("--short-side/--gop need re-encoding; add --codec vp9 (or h264/mjpeg)")
         o.splits = tuple(o.splits) if o.splits else DEFAULT_SPLITS[o.src]
         o.out = Path(o.out) if o.out is not None else Path("shards") / o.src
         for name in ("root", "list_file", "classes_file"):
@@ -89,28 +95,28 @@ class ShardOptions:
             if v is not None:
                 setattr(o, name, Path(v).expanduser().resolve())
         if o.src in ("kinetics400", "ssv2", "ucf101", "hmdb51", "folder") and o.root is None:
-            raise ValueError(f"--src {o.src} needs --root DIR (the dataset folder)")
+            raise ShardOptionsError(f"--src {o.src} needs --root DIR (the dataset folder)")
         if o.src == "csv" and o.list_file is None:
-            raise ValueError("--src csv needs --list FILE (a CSV with a header 'path,label[,split]')")
+            raise ShardOptionsError("--src csv needs --list FILE (a CSV with a header 'path,label[,split]')")
         if o.samples_per_shard < 1:
-            raise ValueError("--samples-per-shard must be >= 1")
+            raise ShardOptionsError("--samples-per-shard must be >= 1")
         if o.shard_bytes is not None and o.shard_bytes < 1:
-            raise ValueError("--shard-bytes must be >= 1")
+            raise ShardOptionsError("--shard-bytes must be >= 1")
         if o.short_side is not None and (o.short_side < 2 or o.short_side % 2):
-            raise ValueError("--short-side must be an even number >= 2 (yuv420p needs even sizes)")
+            raise ShardOptionsError("--short-side must be an even number >= 2 (yuv420p needs even sizes)")
         if o.gop is not None and o.gop < 1:
-            raise ValueError("--gop must be >= 1")
+            raise ShardOptionsError("--gop must be >= 1")
         if o.limit is not None and o.limit < 1:
-            raise ValueError("--limit must be >= 1")
+            raise ShardOptionsError("--limit must be >= 1")
         if o.src == "synthetic":
             if o.synthetic_count < 2 or o.synthetic_frames < 2 or o.synthetic_size < 16:
-                raise ValueError("synthetic needs count >= 2, frames >= 2, size >= 16")
+                raise ShardOptionsError("synthetic needs count >= 2, frames >= 2, size >= 16")
             if not 2 <= o.synthetic_classes <= 360:
-                raise ValueError("synthetic classes must be in 2..360 (one motion direction each)")
+                raise ShardOptionsError("synthetic classes must be in 2..360 (one motion direction each)")
             if o.synthetic_size % 2:
-                raise ValueError("synthetic size must be even (yuv420p)")
+                raise ShardOptionsError("synthetic size must be even (yuv420p)")
         if o.src in ("hmdb51", "ucf101") and o.fold not in (1, 2, 3):
-            raise ValueError("--fold must be 1, 2 or 3 (the official HMDB51/UCF101 splits)")
+            raise ShardOptionsError("--fold must be 1, 2 or 3 (the official HMDB51/UCF101 splits)")
         return o
 
     def max_failures_for(self, n_videos: int) -> int:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence
 
+from amd_fast.errors import InputError
+
 from .sources import VideoRecord
 
 PLAN_FORMAT = "amd_fast-shard-plan/1"
@@ -25,7 +27,7 @@ MAX_KEY = 80  # stay far inside the 100-byte USTAR name field with the extension
 SYNTHETIC_NOMINAL_BYTES = 16_000
 
 
-class PlanMismatch(RuntimeError):
+class PlanMismatch(InputError):
     pass
 
 

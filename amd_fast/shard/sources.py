@@ -10,23 +10,28 @@ real Kinetics/SSv2 downloads always miss some videos.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from amd_fast.errors import InputError
+
+from .format import CONTAINER_OF_SUFFIX
+
 log = logging.getLogger(__name__)
 
-VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
+VIDEO_EXTS = tuple(CONTAINER_OF_SUFFIX)  # source files the folder layout picks up
 
 
-class LayoutError(ValueError):
+class LayoutError(InputError):
     """The dataset folder does not look like the layout asked for."""
 
 
-class UnknownLabelError(ValueError):
+class UnknownLabelError(InputError):
     """A record's label is not in the class list."""
 
 
@@ -39,6 +44,13 @@ class VideoRecord:
     stem: str  # raw name the key is derived from (made tar-safe by keys.make_keys)
     path: Optional[Path] = None
     size: int = 0  # source bytes (0 if missing); used by --shard-bytes
+    where: str = field(default="", compare=False)  # where the listing names it ("train.csv line 7"), for errors
+    clip_id: str = field(default="", compare=False)  # what identifies the clip when not its path (K400: id+times)
+
+    @property
+    def identity(self) -> str:
+        """Two records with the same identity are the same video (see :func:`drop_duplicates`)."""
+        return self.clip_id or (str(self.path.resolve()) if self.path is not None else self.source)
 
 
 @dataclass
@@ -53,12 +65,65 @@ def _require(path: Path, layout: str) -> Path:
     return path
 
 
-def _record(path: Path, label: int, stem: Optional[str] = None) -> VideoRecord:
+def _record(path: Path, label: int, stem: Optional[str] = None, where: str = "", clip_id: str = "") -> VideoRecord:
     try:
         size = path.stat().st_size
     except OSError:
         size = 0
-    return VideoRecord(source=str(path), label=label, stem=stem or path.stem, path=path, size=size)
+    return VideoRecord(source=str(path), label=label, stem=stem or path.stem, path=path, size=size, where=where,
+                       clip_id=clip_id)
+
+
+class DuplicateError(LayoutError):
+    """The listing names one video several times with different labels."""
+
+
+def drop_duplicates(index: SourceIndex) -> SourceIndex:
+    """One record per video and split. A video listed again with the same label is kept once (warned);
+    listed with different labels it is an error naming the videos and where they are listed. A video
+    in two splits is warned about (train/val leakage), not changed."""
+    first_split: Dict[str, str] = {}
+    out = {}
+    for split, recs in index.splits.items():
+        seen: Dict[str, VideoRecord] = {}
+        kept, repeats, conflicts = [], [], []
+        for r in recs:
+            prev = seen.get(r.identity)
+            if prev is None:
+                seen[r.identity] = r
+                kept.append(r)
+            elif prev.label == r.label:
+                repeats.append(r)
+            else:
+                conflicts.append((prev, r))
+        if conflicts:
+            shown = "; ".join(f"{b.clip_id or b.source}: {index.classes[a.label]!r} ({a.where}) vs "
+                              f"{index.classes[b.label]!r} ({b.where})" for a, b in conflicts[:5])
+            raise DuplicateError(f"split {split!r} lists {len(conflicts)} video(s) again with another label: {shown}"
+                                 f"{' ...' if len(conflicts) > 5 else ''}. Fix the listing so each video has one label")
+        if repeats:
+            log.warning("split %s lists %d video(s) more than once with the same label; keeping each once "
+                        "(e.g. %s, again at %s)", split, len(repeats), repeats[0].clip_id or repeats[0].source,
+                        repeats[0].where or "?")
+        leaked = [r for r in kept if first_split.setdefault(r.identity, split) != split]
+        if leaked:
+            log.warning("%d video(s) of split %s are also in split %s (e.g. %s): evaluation would see training "
+                        "videos", len(leaked), split, first_split[leaked[0].identity], leaked[0].source)
+        out[split] = kept
+    return SourceIndex(index.classes, out)
+
+
+def _read_text(path: Path, layout: str) -> str:
+    """A listing's text; a binary or non-UTF-8 file is a LayoutError, not a traceback."""
+    data = _require(path, layout).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise LayoutError(f"{path} is not a UTF-8 text file ({e.reason} at byte {e.start}). Expected:\n{layout}") \
+            from None
+    if "\0" in text:
+        raise LayoutError(f"{path} is a binary file, not a text listing. Expected:\n{layout}")
+    return text
 
 
 def _index_of(classes: Sequence[str]) -> Dict[str, int]:
@@ -83,7 +148,7 @@ def _check_splits(splits: Sequence[str], allowed: Sequence[str], src: str) -> No
 
 def read_classes_file(path: Path) -> List[str]:
     """One class name per line; the line order is the class index."""
-    names = [l.strip() for l in _require(path, "a text file with one class name per line").read_text().splitlines()]
+    names = [l.strip() for l in _read_text(path, "a text file with one class name per line").splitlines()]
     names = [n for n in names if n]
     if len(set(names)) != len(names):
         raise LayoutError(f"{path}: duplicate class names")
@@ -117,13 +182,15 @@ def _load_k400_cvdf(root: Path, splits: Sequence[str], classes_file: Optional[Pa
         if split in splits:
             _require(ann, K400_CVDF)
         if ann.exists():
-            with ann.open(newline="") as f:
-                reader = csv.DictReader(f)
-                need = {"label", "youtube_id", "time_start", "time_end"}
+            reader = csv.DictReader(io.StringIO(_read_text(ann, K400_CVDF), newline=""))
+            need = {"label", "youtube_id", "time_start", "time_end"}
+            try:
                 if not need <= set(reader.fieldnames or ()):
                     raise LayoutError(f"{ann}: header must contain {sorted(need)}; got {reader.fieldnames}. "
                                       f"Expected layout:\n{K400_CVDF}")
                 rows[split] = list(reader)
+            except csv.Error as e:
+                raise LayoutError(f"{ann}: not a readable CSV ({e}). Expected layout:\n{K400_CVDF}") from None
     if classes_file:
         classes = read_classes_file(classes_file)
     else:
@@ -137,15 +204,33 @@ def _load_k400_cvdf(root: Path, splits: Sequence[str], classes_file: Optional[Pa
     for split in splits:
         recs = []
         for line, r in enumerate(rows[split], start=2):
-            name = f"{r['youtube_id']}_{int(float(r['time_start'])):06d}_{int(float(r['time_end'])):06d}"
-            label = _label(lookup, r["label"], f"annotations/{split}.csv line {line}")
+            where = f"annotations/{split}.csv line {line}"
+            try:
+                name = f"{r['youtube_id']}_{int(float(r['time_start'])):06d}_{int(float(r['time_end'])):06d}"
+            except (TypeError, ValueError):  # a short row (missing fields are None) or a non-numeric time
+                raise LayoutError(f"{where}: expected label,youtube_id,time_start,time_end with numeric times, got "
+                                  f"{_row_text(r)}; fix or delete that line") from None
+            if not r["youtube_id"].strip() or not (r["label"] or "").strip():
+                raise LayoutError(f"{where}: empty youtube_id or label in {_row_text(r)}; fix or delete that line")
+            label = _label(lookup, r["label"], where)
             path = root / split / f"{name}.mp4"
             if not path.exists():  # some mirrors keep class sub-folders
                 alt = root / split / r["label"] / f"{name}.mp4"
                 path = alt if alt.exists() else path
-            recs.append(_record(path, label, name))
+            recs.append(_record(path, label, name, where=where, clip_id=name))
         out[split] = recs
     return SourceIndex(classes, out)
+
+
+def _read_json(path: Path, layout: str):
+    try:
+        return json.loads(_read_text(path, layout))
+    except ValueError as e:
+        raise LayoutError(f"{path}: not valid JSON ({e}). Expected layout:\n{layout}") from None
+
+
+def _row_text(row: dict) -> str:
+    return ",".join("" if v is None else str(v) for k, v in row.items() if k is not None)
 
 
 def load_list_layout(root: Path, splits: Sequence[str], classes_file: Optional[Path], layout: str) -> SourceIndex:
@@ -156,9 +241,9 @@ def load_list_layout(root: Path, splits: Sequence[str], classes_file: Optional[P
     """
     lines: Dict[str, List[tuple]] = {}
     for split in splits:
-        f = _require(root / f"{split}.csv", layout)
+        f = root / f"{split}.csv"
         entries = []
-        for n, line in enumerate(f.read_text().splitlines(), start=1):
+        for n, line in enumerate(_read_text(f, layout).splitlines(), start=1):
             line = line.strip()
             if not line:
                 continue
@@ -192,7 +277,7 @@ def load_list_layout(root: Path, splits: Sequence[str], classes_file: Optional[P
             else:
                 idx = _label(lookup, lab, where)
             path = Path(p) if Path(p).is_absolute() else root / p
-            recs.append(_record(path, idx))
+            recs.append(_record(path, idx, where=where))
         out[split] = recs
     log.info("list layout: %d classes", len(classes))
     return SourceIndex(classes, out)
@@ -210,8 +295,12 @@ def load_ssv2(root: Path, splits: Sequence[str]) -> SourceIndex:
     """20bn layout; class indices are the official ones from the labels json."""
     _require(root, SSV2)
     _check_splits(splits, ("train", "val"), "ssv2")
-    labels = json.loads(_require(root / "something-something-v2-labels.json", SSV2).read_text())
-    by_index = sorted(((int(v), k) for k, v in labels.items()))
+    labels = _read_json(root / "something-something-v2-labels.json", SSV2)
+    try:
+        by_index = sorted(((int(v), k) for k, v in labels.items()))
+    except (AttributeError, TypeError, ValueError):
+        raise LayoutError(f"{root}/something-something-v2-labels.json must map each template to its index "
+                          f"(\"<template>\": \"<index>\"). Expected layout:\n{SSV2}") from None
     if [i for i, _ in by_index] != list(range(len(by_index))):
         raise LayoutError(f"{root}/something-something-v2-labels.json: indices must be 0..N-1")
     classes = [k for _, k in by_index]
@@ -221,12 +310,18 @@ def load_ssv2(root: Path, splits: Sequence[str]) -> SourceIndex:
     out = {}
     for split in splits:
         fname = "something-something-v2-" + ("train" if split == "train" else "validation") + ".json"
-        items = json.loads(_require(root / fname, SSV2).read_text())
+        items = _read_json(root / fname, SSV2)
         recs = []
-        for n, it in enumerate(items):
-            # The labels json keys are the templates with the [brackets] removed.
-            name = it["template"].replace("[", "").replace("]", "")
-            recs.append(_record(video_dir / f"{it['id']}.webm", _label(lookup, name, f"{fname} item {n}")))
+        for n, it in enumerate(items if isinstance(items, list) else [items]):
+            where = f"{fname} item {n}"
+            try:
+                # The labels json keys are the templates with the [brackets] removed.
+                name = it["template"].replace("[", "").replace("]", "")
+                video = video_dir / f"{it['id']}.webm"
+            except (KeyError, TypeError, AttributeError):
+                raise LayoutError(f"{where}: expected an object with 'id' and 'template', got {str(it)[:200]}. "
+                                  f"Expected layout:\n{SSV2}") from None
+            recs.append(_record(video, _label(lookup, name, where), where=where))
         out[split] = recs
     log.info("ssv2: %d classes", len(classes))
     return SourceIndex(classes, out)
@@ -245,7 +340,7 @@ def load_ucf101(root: Path, splits: Sequence[str], fold: int) -> SourceIndex:
     _check_splits(splits, ("train", "test"), "ucf101")
     lists = root / "ucfTrainTestlist"
     classes = []
-    for line in _require(lists / "classInd.txt", UCF101).read_text().splitlines():
+    for line in _read_text(lists / "classInd.txt", UCF101).splitlines():
         if line.strip():
             idx, name = line.split()
             if int(idx) != len(classes) + 1:
@@ -255,9 +350,9 @@ def load_ucf101(root: Path, splits: Sequence[str], fold: int) -> SourceIndex:
     video_dir = root / "UCF-101" if (root / "UCF-101").is_dir() else root
     out = {}
     for split in splits:
-        f = _require(lists / f"{split}list{fold:02d}.txt", UCF101)
+        f = lists / f"{split}list{fold:02d}.txt"
         recs = []
-        for n, line in enumerate(f.read_text().splitlines(), start=1):
+        for n, line in enumerate(_read_text(f, UCF101).splitlines(), start=1):
             if not line.strip():
                 continue
             rel = line.split()[0]
@@ -286,7 +381,7 @@ def load_hmdb51(root: Path, splits: Sequence[str], fold: int) -> SourceIndex:
     out = {s: [] for s in splits}
     for f in files:
         cls = f.name[: -len(f"_test_split{fold}.txt")]
-        for line in f.read_text().splitlines():
+        for line in _read_text(f, HMDB51).splitlines():
             parts = line.split()
             if len(parts) != 2:
                 continue
@@ -305,22 +400,30 @@ CSV_LAYOUT = """  LIST.csv with a header 'path,label' and an optional 'split' co
 
 def load_csv(list_file: Path, splits: Sequence[str], root: Optional[Path], classes_file: Optional[Path]) -> SourceIndex:
     """Rows without a split column go to the first requested split."""
-    _require(list_file, CSV_LAYOUT)
     base = root or list_file.parent
-    with list_file.open(newline="") as f:
-        reader = csv.DictReader(f)
+    reader = csv.DictReader(io.StringIO(_read_text(list_file, CSV_LAYOUT), newline=""))
+    try:
         if not {"path", "label"} <= set(reader.fieldnames or ()):
             raise LayoutError(f"{list_file}: header must contain path,label; got {reader.fieldnames}. "
                               f"Expected layout:\n{CSV_LAYOUT}")
-        rows = [(r["path"], r["label"].strip(), (r.get("split") or splits[0]).strip(), n)
-                for n, r in enumerate(reader, start=2)]
+        raw = list(reader)
+    except csv.Error as e:
+        raise LayoutError(f"{list_file}: not a readable CSV ({e}). Expected layout:\n{CSV_LAYOUT}") from None
+    rows = []
+    for n, r in enumerate(raw, start=2):
+        path, label = (r.get("path") or "").strip(), (r.get("label") or "").strip()
+        if not path or not label:
+            raise LayoutError(f"{list_file.name} line {n}: {'empty label' if path else 'no path'} in "
+                              f"{_row_text(r)!r}: every row needs path,label (a class name); fix or delete that line")
+        rows.append((path, label, (r.get("split") or splits[0]).strip(), n))
     classes = read_classes_file(classes_file) if classes_file else sorted({lab for _, lab, _, _ in rows})
     lookup = _index_of(classes)
     out = {s: [] for s in splits}
     for p, lab, split, n in rows:
         if split in out:
             path = Path(p) if Path(p).is_absolute() else base / p
-            out[split].append(_record(path, _label(lookup, lab, f"{list_file.name} line {n}")))
+            where = f"{list_file.name} line {n}"
+            out[split].append(_record(path, _label(lookup, lab, where), where=where))
     log.info("csv: %d classes", len(classes))
     return SourceIndex(classes, out)
 

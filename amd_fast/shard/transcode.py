@@ -21,8 +21,8 @@ from typing import Iterable, Optional
 import av
 import numpy as np
 
-# extension -> container name written into the tar (``<key>.<container>``)
-COPY_CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mp4", ".webm": "webm", ".mkv": "mkv", ".avi": "avi"}
+from .format import CONTAINER_OF_SUFFIX
+
 
 # codec -> (PyAV encoder, container, muxer, pix_fmt, encoder options)
 ENCODERS = {
@@ -90,6 +90,33 @@ def _expected_frames(container, stream) -> int:
     return 0
 
 
+class _CheckedDemux:
+    """The video packets of ``data``, checked the same way for every mode (copy, verify, re-encode):
+    a packet that runs past the end of the file is a truncation; after the last packet, fewer packets
+    than the headers promise (beyond a 2% tolerance for rounded durations) is one too. Demuxers stop
+    silently at a cut, so these two checks are how a cut-off file is caught."""
+
+    def __init__(self, container, stream, data: bytes):
+        self.container, self.stream, self.size = container, stream, len(data)
+        self.packets = 0
+
+    def __iter__(self):
+        for packet in self.container.demux(self.stream):
+            if packet.size == 0:  # flush packet
+                continue
+            self.packets += 1
+            if packet.pos is not None and packet.pos >= 0 and packet.pos + packet.size > self.size:
+                raise VideoError(f"truncated: frame {self.packets} runs past the end of the file")
+            yield packet
+
+    def check_complete(self) -> None:
+        if self.packets == 0:
+            raise VideoError("no video frames")
+        expected = _expected_frames(self.container, self.stream)
+        if expected and self.packets < expected - max(1, expected // 50):
+            raise VideoError(f"truncated: {self.packets} frames, the header says {expected}")
+
+
 def probe_bytes(data: bytes, decode_all: bool = False) -> EncodedVideo:
     """Demux ``data``, count video frames, decode the first (or every) frame.
 
@@ -101,37 +128,29 @@ def probe_bytes(data: bytes, decode_all: bool = False) -> EncodedVideo:
             raise VideoError("no video stream")
         stream = c.streams.video[0]
         stream.thread_type = "AUTO" if decode_all else "SLICE"
-        packets = decoded = 0
+        packets = _CheckedDemux(c, stream, data)
+        decoded = 0
         try:
-            for packet in c.demux(stream):
-                if packet.size == 0:  # flush packet
-                    continue
-                packets += 1
-                if packet.pos is not None and packet.pos >= 0 and packet.pos + packet.size > len(data):
-                    raise VideoError(f"truncated: frame {packets} runs past the end of the file")
+            for packet in packets:
                 if decode_all or decoded == 0:
                     decoded += len(packet.decode())
             if decode_all or decoded == 0:
                 decoded += len(stream.decode(None))
         except (av.FFmpegError, ValueError) as e:
             raise VideoError(f"undecodable: {_why(e)}") from None
-        if packets == 0:
-            raise VideoError("no video frames")
+        packets.check_complete()
         if decoded == 0:
             raise VideoError("undecodable: no frame decoded")
-        expected = _expected_frames(c, stream)
-        if expected and packets < expected - max(1, expected // 50):
-            raise VideoError(f"truncated: {packets} frames, the header says {expected}")
         cc = stream.codec_context
-        return EncodedVideo(data=data, container="", codec=cc.name, frames=decoded if decode_all else packets,
+        return EncodedVideo(data=data, container="", codec=cc.name, frames=decoded if decode_all else packets.packets,
                             fps=_fps(stream), width=cc.width, height=cc.height)
 
 
 def copy_video(path: Path) -> EncodedVideo:
     """Keep the source bytes (``--codec copy``) after checking they demux and decode."""
-    container = COPY_CONTAINERS.get(path.suffix.lower())
+    container = CONTAINER_OF_SUFFIX.get(path.suffix.lower())
     if container is None:
-        raise VideoError(f"container {path.suffix!r} not kept by --codec copy ({', '.join(COPY_CONTAINERS)}); "
+        raise VideoError(f"container {path.suffix!r} not kept by --codec copy ({', '.join(CONTAINER_OF_SUFFIX)}); "
                          "re-encode with --codec vp9|h264|mjpeg")
     v = probe_bytes(_read(path))
     v.container = container
@@ -181,7 +200,8 @@ def encode_frames(frames: Iterable, width: int, height: int, fps: float, codec: 
 
 
 def transcode_video(path: Path, codec: str, short_side: Optional[int], gop: Optional[int]) -> EncodedVideo:
-    """Decode every frame of ``path`` and re-encode it (``--codec vp9|h264|mjpeg``)."""
+    """Decode every frame of ``path`` and re-encode it (``--codec vp9|h264|mjpeg``), with the same
+    truncation checks as ``--codec copy`` (a cut-off source fails instead of giving a shorter video)."""
     data = _read(path)
     with _open(data) as c:
         if not c.streams.video:
@@ -191,7 +211,19 @@ def transcode_video(path: Path, codec: str, short_side: Optional[int], gop: Opti
         w, h = resized(stream.codec_context.width, stream.codec_context.height, short_side)
         if w <= 0 or h <= 0:
             raise VideoError("no frame size in the stream header")
+        packets = _CheckedDemux(c, stream, data)
+
+        def frames():
+            for packet in packets:
+                yield from packet.decode()
+            yield from stream.decode(None)  # frames the decoder still holds
+
         try:
-            return encode_frames(c.decode(stream), w, h, _fps(stream), codec, gop)
+            video = encode_frames(frames(), w, h, _fps(stream), codec, gop)
         except (av.FFmpegError, ValueError) as e:
             raise VideoError(f"decoding or re-encoding failed: {_why(e)}") from None
+        packets.check_complete()
+        if video.frames < packets.packets - max(1, packets.packets // 50):  # the same tolerance as above
+            raise VideoError(f"undecodable: {packets.packets - video.frames} of {packets.packets} frames did not "
+                             "decode")
+        return video

@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Tuple
 
+from .format import CLS_EXT, INFO_EXT, JSON_EXT, VIDEO_EXTS, ClipInfo, clip_info_of, read_index, split_member_name
 from .manifest import read_manifest
 from .transcode import VideoError, probe_bytes
-from .writer import file_sha256, read_index
-
-VIDEO_EXTS = ("mp4", "webm", "mkv", "avi")
+from .writer import file_sha256
 
 
 @dataclass
@@ -50,7 +49,7 @@ def _samples(tar_path: Path):
         for m in tf:
             if not m.isfile():
                 continue
-            key, ext = m.name.split(".", 1)
+            key, ext = split_member_name(m.name)
             if not out or out[-1][0] != key:
                 out.append((key, {}))
             out[-1][1][ext] = (m.offset_data, m.size, tf.extractfile(m).read())
@@ -82,20 +81,21 @@ def _check_shard(folder: Path, shard: dict, classes: list, problems: list, video
     for key, members in samples:
         where = f"{tar.name}:{key}"
         vids = [e for e in members if e in VIDEO_EXTS]
-        if len(vids) != 1 or not {"cls", "json", "clipinfo"} <= set(members):
-            problems.append(f"{where}: members {sorted(members)}, need one video + cls, json, clipinfo")
+        if len(vids) != 1 or not {CLS_EXT, JSON_EXT, INFO_EXT} <= set(members):
+            problems.append(f"{where}: members {sorted(members)}, need one video + {CLS_EXT}, {JSON_EXT}, {INFO_EXT}")
             continue
         try:
-            meta = json.loads(members["json"][2])
-            cls = int(members["cls"][2])
-            info = struct.unpack("<5i", members["clipinfo"][2])
-        except (ValueError, struct.error) as e:
-            problems.append(f"{where}: bad metadata ({e})")
+            meta = json.loads(members[JSON_EXT][2])
+            cls = int(members[CLS_EXT][2])
+            info = ClipInfo.unpack(members[INFO_EXT][2])
+            implied = clip_info_of(meta)
+        except (ValueError, TypeError, KeyError, struct.error) as e:
+            problems.append(f"{where}: bad metadata ({type(e).__name__}: {e})")
             continue
         if not (0 <= cls < len(classes)) or cls != meta.get("label_index") or classes[cls] != meta.get("label"):
             problems.append(f"{where}: cls {cls} / json label {meta.get('label')!r} disagree with the class list")
-        if list(info) != [cls, meta["frames"], meta["width"], meta["height"], round(meta["fps"] * 1000)]:
-            problems.append(f"{where}: clipinfo {list(info)} disagrees with the json")
+        if info != implied:
+            problems.append(f"{where}: clipinfo {list(info)} disagrees with the json {list(implied)}")
         videos.append((where, members[vids[0]][2], meta["frames"]))
     return len(samples)
 

@@ -6,13 +6,9 @@ the fly, fsynced and renamed; then the index goes the same way. A reader (or a r
 build) therefore never sees a half-written shard under its final name, and a tar
 without its ``.idx`` is by definition unfinished.
 
-Index format = what DALI's ``wds2idx`` writes (index_file_version v1.2)::
-
-    v1.2 <num_samples>
-    <ext> <data_offset> <size> <member_name> [<ext> <data_offset> <size> <member_name> ...]
-
-one line per sample, ``data_offset`` being the byte offset of the member's data (its
-header offset + 512).
+The index format (what DALI's ``wds2idx`` writes) is defined in :mod:`amd_fast.shard.format`.
+A writer only ever deletes files it created: its own temporary files, and its tar if it
+published the tar but could not publish the index (see :meth:`ShardWriter.close`).
 """
 from __future__ import annotations
 
@@ -24,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
-INDEX_VERSION = "v1.2"
-TAR_BLOCK = 512
+from .format import TAR_BLOCK, index_line, index_text, read_index
 
 
 @dataclass
@@ -84,18 +79,21 @@ class ShardWriter:
 
     def add(self, key: str, members: Sequence[Tuple[str, bytes]]) -> None:
         """One sample = ``key.<ext>`` members written contiguously (a WebDataset requirement)."""
-        parts = []
+        entries = []
         for ext, data in members:
             info = tarfile.TarInfo(f"{key}.{ext}")
             info.size, info.mtime, info.mode = len(data), 0, 0o644  # mtime 0: byte-identical rebuilds
             offset = self._out.tell() + TAR_BLOCK
             self._tar.addfile(info, io.BytesIO(data))
-            parts.append(f"{ext} {offset} {len(data)} {info.name}")
-        self._lines.append(" ".join(parts))
+            entries.append((ext, offset, len(data), info.name))
+        self._lines.append(index_line(entries))
 
     def close(self) -> ShardInfo:
-        """Publish tar then idx. Interrupted anywhere (Ctrl-C), it leaves no tar without its idx."""
-        published = False
+        """Publish tar then idx. Interrupted anywhere (Ctrl-C), it leaves no tar without its idx.
+
+        Only a tar this writer itself renamed into place is removed on failure: a tar of the same
+        name published by anyone else is never touched."""
+        tar_published = idx_published = False
         try:
             self._tar.close()
             self._raw.flush()
@@ -103,16 +101,17 @@ class ShardWriter:
             self._raw.close()
             idx_tmp = tmp_path(self.idx_path)
             with open(idx_tmp, "w") as f:
-                f.write(f"{INDEX_VERSION} {len(self._lines)}\n")
-                f.writelines(line + "\n" for line in self._lines)
+                f.write(index_text(self._lines))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp_path(self.tar_path), self.tar_path)
+            tar_published = True
             os.replace(idx_tmp, self.idx_path)
-            published = True
+            idx_published = True
         finally:
-            if not published:
-                self.tar_path.unlink(missing_ok=True)
+            if not idx_published:
+                if tar_published:
+                    self.tar_path.unlink(missing_ok=True)
                 self.abort()
         _fsync_dir(self.tar_path.parent)
         return ShardInfo(self.tar_path.name, self.idx_path.name, len(self._lines), self._out.pos, self._out.sha.hexdigest())
@@ -123,29 +122,6 @@ class ShardWriter:
         finally:
             tmp_path(self.tar_path).unlink(missing_ok=True)
             tmp_path(self.idx_path).unlink(missing_ok=True)
-
-
-def read_index(idx_path: Path) -> List[List[Tuple[str, int, int, str]]]:
-    """Parse a DALI v1.2 index: per sample, a list of (ext, data_offset, size, member_name)."""
-    lines = idx_path.read_text().splitlines()
-    if not lines:
-        raise ValueError(f"{idx_path}: empty index")
-    head = lines[0].split()
-    if len(head) != 2 or head[0] != INDEX_VERSION:
-        raise ValueError(f"{idx_path}: header {lines[0]!r} is not '{INDEX_VERSION} <count>'")
-    samples = []
-    for line in lines[1:]:
-        tok = line.split()
-        if not tok or len(tok) % 4:
-            raise ValueError(f"{idx_path}: malformed line {line!r}")
-        samples.append([(tok[i], int(tok[i + 1]), int(tok[i + 2]), tok[i + 3]) for i in range(0, len(tok), 4)])
-    if len(samples) != int(head[1]):
-        raise ValueError(f"{idx_path}: header says {head[1]} samples, found {len(samples)}")
-    return samples
-
-
-def sample_keys(index: List[List[Tuple[str, int, int, str]]]) -> List[str]:
-    return [s[0][3].split(".", 1)[0] for s in index]
 
 
 def file_sha256(path: Path) -> str:

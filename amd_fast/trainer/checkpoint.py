@@ -5,13 +5,15 @@ A checkpoint is one ``torch.save`` file ``step-000001234.pt`` holding ``format``
 python), ``data`` (the loader's ``state_dict()``), ``config`` and ``world_size``. It is written to a
 temporary file in the same folder, flushed and fsync'ed, then renamed over the final name (and the
 folder fsync'ed), so a crash leaves either the old set of files or a complete new one, never a torn
-``step-*.pt``. Resume 'auto' still checks each candidate: a file that cannot be read or lacks keys is
-skipped with a warning and the next newest is used.
+``step-*.pt`` (a full disk raises ``serialization.WriteError`` and keeps the previous checkpoint).
+Temp files of runs killed mid-write are removed when the next run starts. Files are read with
+``weights_only=True`` (``amd_fast.serialization``): a checkpoint never runs code. Resume 'auto' still
+checks each candidate: a file that cannot be read or lacks keys is skipped with a warning and the
+next newest is used.
 """
 from __future__ import annotations
 
 import logging
-import os
 import random
 import re
 from pathlib import Path
@@ -20,6 +22,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from amd_fast.errors import InputError
+from amd_fast.serialization import atomic_save, load_file, remove_stale_temps
+
 log = logging.getLogger(__name__)
 
 FORMAT = "amd_fast.train/1"
@@ -27,34 +32,12 @@ REQUIRED_KEYS = ("format", "step", "epoch", "student", "optimizer")
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be used (message names the file and the problem)."""
 
 
 def checkpoint_name(step: int) -> str:
     return f"step-{step:09d}.pt"
-
-
-def atomic_save(obj: Any, path: Path) -> Path:
-    """``torch.save`` to ``path`` via temp file + fsync + rename; never leaves a partial ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
 
 
 def list_checkpoints(folder: Path) -> List[Tuple[int, Path]]:
@@ -72,10 +55,7 @@ def list_checkpoints(folder: Path) -> List[Tuple[int, Path]]:
 
 def load_checkpoint(path: Path, map_location="cpu") -> Dict[str, Any]:
     """Read and check one training checkpoint; CheckpointError if unreadable or incomplete."""
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # truncated zip, bad pickle, I/O error: all mean "not usable"
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from e
+    state = load_file(path, CheckpointError, "checkpoint", map_location)  # weights_only=True: never runs code
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an amd_fast training checkpoint (format {FORMAT!r} expected)")
     missing = [k for k in REQUIRED_KEYS if k not in state]
@@ -101,7 +81,12 @@ def prune(folder: Path, keep_last: int) -> None:
 
 
 def rng_state() -> Dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """This process's RNG states, in types a weights-only load accepts (no numpy objects)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
+             "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -109,7 +94,9 @@ def rng_state() -> Dict[str, Any]:
 
 def set_rng_state(state: Dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -120,6 +107,9 @@ class CheckpointManager:
 
     def __init__(self, folder: Path, keep_last: int, is_main: bool):
         self.folder, self.keep_last, self.is_main = Path(folder), keep_last, is_main
+        if is_main:
+            for p in remove_stale_temps(self.folder):
+                log.info("removed %s, left by a run killed while writing it", p.name)
 
     def save(self, state: Dict[str, Any], step: int, name: Optional[str] = None) -> Optional[Path]:
         if not self.is_main:

@@ -8,11 +8,17 @@ logged step), TensorBoard (optional) and the tqdm bar / log.
 
 ``clips_per_s`` counts clips (videos x num_sample) over all ranks per second of wall time;
 ``data_wait`` is the fraction of that wall time spent blocked in ``next(loader)`` (rank 0's view).
+
+Besides the per-step rows (which always have ``step`` and ``loss``), :meth:`event` writes rows with an
+``event`` field (``epoch_end``: bad samples by reason; ``run_end``: the run's totals). A resumed run
+first drops the rows past the step it resumed from (and TensorBoard purges those steps), so every
+curve stays single-valued.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Dict, Optional
@@ -40,12 +46,14 @@ class Telemetry:
         self._file = self._tb = self._bar = None
         if info.is_main:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            drop_rows_after(self.path, start_step)
             self._file = open(self.path, "a")
             if tensorboard:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
 
-                    self._tb = SummaryWriter(str(Path(log_dir) / "tb"))
+                    # purge_step: events at steps > start_step written before a crash are dropped
+                    self._tb = SummaryWriter(str(Path(log_dir) / "tb"), purge_step=start_step + 1 if start_step else None)
                 except ImportError as e:  # tensorboard is optional
                     log.warning("TensorBoard disabled (%s); install tensorboard or set log.tensorboard=false", e)
             if progress:
@@ -97,6 +105,12 @@ class Telemetry:
         self._sums, self._n, self._wait = None, 0, 0.0
         self._t0 = time.perf_counter()
 
+    def event(self, kind: str, step: int, **fields) -> None:
+        """A non-step row (rank 0 writes it): ``{"event": kind, "step": step, **fields}``."""
+        if self._file is not None:
+            self._file.write(json.dumps({"event": kind, "step": step, **fields, "time": time.time()}) + "\n")
+            self._file.flush()
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
@@ -104,3 +118,28 @@ class Telemetry:
             self._tb.close()
         if self._file is not None:
             self._file.close()
+
+
+def drop_rows_after(path: Path, step: int) -> int:
+    """Rewrite ``metrics.jsonl`` without the rows of steps after ``step`` (a crashed run logged them, the
+    resumed run logs them again). Atomic; returns how many rows were dropped. A torn last line goes too."""
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            dropped += 1
+            continue
+        if isinstance(row, dict) and row.get("step", 0) <= step:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+        log.info("metrics.jsonl: dropped %d row(s) after step %d (written before the run was interrupted)",
+                 dropped, step)
+    return dropped

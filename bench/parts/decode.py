@@ -20,12 +20,11 @@ from pathlib import Path
 
 import torch
 
+from amd_fast.errors import InputError
+from amd_fast.shard.format import VIDEO_EXTS
 from bench import timing
 
 log = logging.getLogger("bench.decode")
-
-VIDEO_EXTS = ("mp4", "webm", "mkv", "avi")
-
 
 def shard_files(manifest: Path) -> tuple[list[Path], list[Path], dict]:
     """(tars, DALI index files, manifest dict) of one split, paths resolved next to the manifest."""
@@ -128,7 +127,7 @@ def run(manifest: Path, *, device: torch.device, n_videos: int, threads: int, wa
     tars, idxs, _ = shard_files(manifest)
     videos = read_videos(tars, n_videos)
     if not videos:
-        raise SystemExit(f"{manifest}: no video members ({', '.join(VIDEO_EXTS)}) in its tars")
+        raise InputError(f"{manifest}: no video members ({', '.join(VIDEO_EXTS)}) in its tars")
     entries, notes = [], []
     for th in (1, 0):
         log.info("decode limit: PyAV, %s codec threads, %d videos", th or "auto", len(videos))

@@ -33,6 +33,7 @@ from typing import Callable
 
 import torch
 
+from amd_fast.errors import InputError
 from bench import timing
 
 log = logging.getLogger("bench.kernels")
@@ -238,7 +239,7 @@ def run(args, device: torch.device, shards=None) -> tuple[list[dict], dict, list
     s = settings_for(args, device)
     unknown = [o for o in s["kernel_ops"] if o not in OPS] + [x for x in s["kernel_shapes"] if x not in SHAPES]
     if unknown:
-        raise SystemExit(f"--kernel-ops/--kernel-shapes: unknown {unknown}; ops: {','.join(OPS)}; "
+        raise InputError(f"--kernel-ops/--kernel-shapes: unknown {unknown}; ops: {','.join(OPS)}; "
                          f"shapes: {','.join(SHAPES)}")
     dtype = _dtype(s["kernel_dtype"])
     peak_bw = timing.peak_bandwidth(device)

@@ -3,7 +3,7 @@
 Both loaders get the *same* ``DataConfig`` (shards, split, clip sampling, multi-scale crop,
 output size, dtype, device, seed) except ``backend``; the worker count ``w`` is
 ``num_workers=w`` DataLoader processes for eager and ``dali_threads=w`` for DALI, the knob a
-user turns for each. The timing itself is :func:`amd_fast.data.throughput.measure_clips_per_s`
+user turns for each. The timing itself is :func:`amd_fast.data.loader_speed.measure_clips_per_s`
 (warm-up batches excluded, clock stopped after a device sync), called ``repeats`` times with a
 fresh loader each time; the median and min/max of those calls are reported.
 """
@@ -46,7 +46,7 @@ def settings_for(args, device: torch.device) -> dict:
 
 def run(args, device: torch.device, shards) -> tuple[list[dict], dict, list[str]]:
     from amd_fast.data import DataConfig
-    from amd_fast.data.throughput import measure_clips_per_s
+    from amd_fast.data.loader_speed import measure_clips_per_s
 
     s = settings_for(args, device)
     entries, notes = [], []

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from amd_fast.errors import InputError
+
 log = logging.getLogger("bench.shards")
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +36,7 @@ def resolve(args, device: torch.device) -> Path:
     if args.shards is not None:
         m = manifest_path(args.shards, args.split)
         if not m.exists():
-            raise SystemExit(
+            raise InputError(
                 f"--shards {args.shards}: no {m.name} there; build shards with "
                 f"`python -m amd_fast.shard ... --out {args.shards}` or pass the folder that holds the manifest")
         return Path(args.shards)
@@ -49,6 +51,6 @@ def resolve(args, device: torch.device) -> Path:
                         samples_per_shard=32, seed=0, progress=True, workers=os.cpu_count() or 1, **spec)
     manifests = build_shards(opts)  # resumes / no-ops when already complete
     if args.split not in manifests:
-        raise SystemExit(f"--split {args.split}: the synthetic bench shards have {sorted(manifests)}; "
+        raise InputError(f"--split {args.split}: the synthetic bench shards have {sorted(manifests)}; "
                          "use --split train")
     return out

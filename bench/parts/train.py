@@ -11,7 +11,7 @@ Paths (``--train-paths``; all use the same model, masks, losses, optimizer, batc
 * ``eager_naive_attn`` — as ``eager`` but timm's explicit ``softmax(q kᵀ) v`` attention, the way
   the AMD/VideoMAE reference computes it: the closest to the reference's own step.
 
-One step = ``next(loader)`` + amd_fast's own ``Trainer.train_step`` (lr/wd schedules, seeded masks,
+One step = ``next(loader)`` + amd_fast's own ``Trainer.step`` (lr/wd schedules, seeded masks,
 objective under bf16 autocast on CUDA — frozen teacher, student —, backward, grad clip, non-finite
 guard, AdamW), the Trainer built from the model pair's ``configs/*.yaml`` (ViT pairs on CUDA,
 ``configs/tiny-cpu.yaml`` on CPU) with the bench's shards and random teacher weights.
@@ -32,6 +32,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from amd_fast.errors import InputError
 from bench import timing
 
 log = logging.getLogger("bench.train")
@@ -120,7 +121,7 @@ def build_config(model_pair: str, path: str, s: dict, device: torch.device, shar
     from amd_fast.config import load_config
 
     if model_pair not in MODELS:
-        raise SystemExit(f"--train-models: unknown pair {model_pair!r}; choose from {', '.join(MODELS)}")
+        raise InputError(f"--train-models: unknown pair {model_pair!r}; choose from {', '.join(MODELS)}")
     cfg_file, extra = MODELS[model_pair]
     o = [f"data.shards={shards}", f"data.split={split}", f"data.device={device}",
          f"data.backend={'dali' if path == 'fast' else 'eager'}",
@@ -138,11 +139,10 @@ def build_config(model_pair: str, path: str, s: dict, device: torch.device, shar
 
 def _build_step(model_pair: str, path: str, s: dict, device: torch.device, shards, split: str, run_dir: str):
     """TRAIN's Trainer for one (model pair, path); returns (batches, step, info). The step is
-    ``Trainer.train_step`` itself: schedules, seeded masks, objective under autocast, backward, clip,
+    ``Trainer.step`` itself: schedules, seeded masks, objective under autocast, backward, clip,
     non-finite guard, AdamW step — exactly what ``python -m amd_fast.train`` runs per batch."""
-    from amd_fast import ops
     from amd_fast.trainer.distributed import DistInfo
-    from amd_fast.trainer.loop import Trainer, _NonFiniteGuard
+    from amd_fast.trainer.loop import Trainer
 
     cfg, cfg_file = build_config(model_pair, path, s, device, shards, split, run_dir)
     trainer = Trainer(cfg, DistInfo(rank=0, world_size=1, local_rank=0, device=device))
@@ -151,16 +151,12 @@ def _build_step(model_pair: str, path: str, s: dict, device: torch.device, shard
     if n_attn == 0:
         raise RuntimeError("the models expose no timm 'fused_attn' switch, so the attention variant can't be set")
     trainer.student.train()
-    guard = _NonFiniteGuard(device, trainer._on_nonfinite)
-
-    def step(batch: dict) -> None:
-        trainer.train_step(batch, guard)
-        trainer.step += 1
+    step = trainer.step
 
     d, m = cfg.data, cfg.model
     info = {
         "config": cfg_file, "student": m.student, "teacher": m.teacher, "loader": trainer.loader.backend,
-        "ops": ops.resolve_impl("norm_pixel_loss", device),
+        "ops": trainer.ops_impl or ("triton" if device.type == "cuda" else "eager"),
         "attention": "fused (SDPA)" if fused else "explicit softmax(QK^T)V",
         "amp": "bf16" if trainer.amp else "off",
         "clip": f"{d.num_frames}x{d.input_size}px stride {d.sampling_rate}",
@@ -173,46 +169,41 @@ def _build_step(model_pair: str, path: str, s: dict, device: torch.device, shard
 
 
 def run(args, device: torch.device, shards) -> tuple[list[dict], dict, list[str]]:
-    from amd_fast import ops
-
     s = settings_for(args, device)
     unknown = [p for p in s["train_paths"] if p not in PATHS]
     if unknown:
-        raise SystemExit(f"--train-paths: unknown {unknown}; choose from {','.join(PATHS)}")
+        raise InputError(f"--train-paths: unknown {unknown}; choose from {','.join(PATHS)}")
     entries = []
     with tempfile.TemporaryDirectory(prefix="amd_fast-bench-") as run_dir:  # the Trainer's log/ckpt dirs
-        try:
-            # Process-wide first-use costs (thread pools, oneDNN/cuBLAS set-up, allocator growth, Triton
-            # compile) would otherwise land on whichever path runs first: pay them once, untimed.
-            log.info("train: untimed warm-up run (%s, %s)", s["train_models"][0], s["train_paths"][0])
-            batches, step, _ = _build_step(s["train_models"][0], s["train_paths"][0], s, device, shards, args.split,
-                                           run_dir)
-            measure_steps(batches, step, device=device, warmup=s["train_warmup"], steps=1)
-            del batches, step
-            gc.collect()
-            for model_pair in s["train_models"]:
-                for path in s["train_paths"]:
-                    log.info("train %s, path %s: %d warm-up + %d timed steps", model_pair, path,
-                             s["train_warmup"], s["train_steps"])
-                    row = {"part": "train", "model": model_pair, "path": path}
-                    batches, step, info = _build_step(model_pair, path, s, device, shards, args.split, run_dir)
-                    row.update(info)
-                    if device.type == "cuda":
-                        torch.cuda.reset_peak_memory_stats(device)
-                    row.update(measure_steps(batches, step, device=device, warmup=s["train_warmup"],
-                                             steps=s["train_steps"]))
-                    row["clips_per_s"] = row["steps_per_s"] * row["batch_clips"]
-                    row["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-                    row["status"] = "measured"
-                    entries.append(row)
-                    del batches, step
-                    gc.collect()  # drop this path's Trainer, loader workers and DALI pipeline before the next
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-        finally:
-            ops.set_default_impl(None)  # the Trainer sets the process-wide ops choice
+        # Process-wide first-use costs (thread pools, oneDNN/cuBLAS set-up, allocator growth, Triton
+        # compile) would otherwise land on whichever path runs first: pay them once, untimed.
+        log.info("train: untimed warm-up run (%s, %s)", s["train_models"][0], s["train_paths"][0])
+        batches, step, _ = _build_step(s["train_models"][0], s["train_paths"][0], s, device, shards, args.split,
+                                       run_dir)
+        measure_steps(batches, step, device=device, warmup=s["train_warmup"], steps=1)
+        del batches, step
+        gc.collect()
+        for model_pair in s["train_models"]:
+            for path in s["train_paths"]:
+                log.info("train %s, path %s: %d warm-up + %d timed steps", model_pair, path,
+                         s["train_warmup"], s["train_steps"])
+                row = {"part": "train", "model": model_pair, "path": path}
+                batches, step, info = _build_step(model_pair, path, s, device, shards, args.split, run_dir)
+                row.update(info)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                row.update(measure_steps(batches, step, device=device, warmup=s["train_warmup"],
+                                         steps=s["train_steps"]))
+                row["clips_per_s"] = row["steps_per_s"] * row["batch_clips"]
+                row["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+                row["status"] = "measured"
+                entries.append(row)
+                del batches, step
+                gc.collect()  # drop this path's Trainer, loader workers and DALI pipeline before the next
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
     notes = [
-        "Train: the step is amd_fast's Trainer.train_step built from the pair's configs/*.yaml (random teacher "
+        "Train: the step is amd_fast's Trainer.step built from the pair's configs/*.yaml (random teacher "
         "weights). fast = DALI loader + ops auto (Triton on CUDA, eager on CPU) + fused SDPA attention; "
         "eager (all-eager) = eager loader + eager ops, attention still fused; eager_naive_attn = all-eager with "
         "explicit softmax(QK^T)V attention as the AMD reference. Same config, shards, batch and seed otherwise.",

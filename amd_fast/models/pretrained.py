@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
 from pathlib import Path
 from typing import Dict, List, Mapping, NamedTuple, Union
@@ -31,6 +30,8 @@ from typing import Dict, List, Mapping, NamedTuple, Union
 import torch
 import torch.nn as nn
 
+from amd_fast.errors import InputError
+from amd_fast.serialization import atomic_save, load_file
 from amd_fast.models.unwrap import unwrap
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ _SKIP = re.compile(r"^(pos_embed|head\..*|fc_norm\..*|head_dropout.*|cls_token)$
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
-class CheckpointImportError(ValueError):
+class CheckpointImportError(InputError):
     """A checkpoint that cannot fill our encoder (wrong architecture, missing weights, no tensors)."""
 
 
@@ -57,14 +58,13 @@ def _read(path_or_state: Union[str, os.PathLike, Mapping]) -> Mapping:
         return path_or_state
     path = Path(path_or_state)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; "
-                                "check the path (model.teacher_checkpoint, or probe's --weights)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # VideoMAE / AMD checkpoints also pickle their argparse args; only unpickle those from a source you trust.
-        log.warning("%s holds non-tensor objects (e.g. training args); loading it with weights_only=False", path)
-        return torch.load(path, map_location="cpu", weights_only=False)
+        raise CheckpointImportError(f"checkpoint {str(path)!r} does not exist; "
+                                    "check the path (model.teacher_checkpoint, or probe's --weights)")
+    # weights_only=True with an allowlist for what release checkpoints carry (their argparse args)
+    ckpt = load_file(path, CheckpointImportError, "checkpoint")
+    if not isinstance(ckpt, Mapping):
+        raise CheckpointImportError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a dict of weights")
+    return ckpt
 
 
 def _find_state(ckpt: Mapping) -> Dict[str, torch.Tensor]:
@@ -176,7 +176,7 @@ def encoder_state_videomae(model: nn.Module) -> Dict[str, torch.Tensor]:
     for k, v in encoder.state_dict().items():
         v = v.detach().cpu().clone()
         if k.endswith("attn.qkv.bias"):
-            q, _, vb = v.chunk(3)  # the k third is always zero (no gradient reaches it)
+            q, _, vb = v.chunk(3)  # the k third is always zero (models.vit zeroes its gradient)
             out[k[: -len("qkv.bias")] + "q_bias"], out[k[: -len("qkv.bias")] + "v_bias"] = q, vb
         elif k.endswith(("ls1.gamma", "ls2.gamma")):
             out[k[: -len("ls1.gamma")] + f"gamma_{k[-7]}"] = v
@@ -187,10 +187,6 @@ def encoder_state_videomae(model: nn.Module) -> Dict[str, torch.Tensor]:
 
 def export_encoder(student: nn.Module, path: Union[str, os.PathLike]) -> Path:
     """Save ``{'model': encoder state}`` in VideoMAE fine-tuning names; written atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": encoder_state_videomae(student)}, tmp)
-    os.replace(tmp, path)
+    path = atomic_save({"model": encoder_state_videomae(student)}, Path(path))
     log.info("exported encoder (%s names) to %s", "VideoMAE fine-tune", path)
     return path

@@ -1,6 +1,6 @@
 """Clips/s of the data loaders on given shards (reused by bench/).
 
-``python -m amd_fast.data.throughput --shards shards/synthetic --backend dali eager``
+``python -m amd_fast.data.loader_speed --shards shards/synthetic --backend dali eager``
 
 Per backend: build the loader, run ``warmup`` batches (pipeline start, worker spawn, first
 decode), then time ``batches`` batches. Reported: clips/s (= videos x num_sample per second),
