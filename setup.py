@@ -1,23 +1,19 @@
 """amd_fast: fast Asymmetric Masked Distillation pretraining for video ViTs.
 
-The Triton kernels live in the top-level ``kernels/`` folder but install as the
-sub-package ``amd_fast.kernels`` (``package_dir`` below), so they can never collide
-with the unrelated ``kernels`` package on PyPI.
+Packages are discovered (every ``amd_fast/**/__init__.py``), so a new sub-package can never be left
+out of the wheel. The Triton kernels live in the top-level ``kernels/`` folder but install as the
+sub-package ``amd_fast.kernels`` (``package_dir`` below), so they can never collide with the
+unrelated ``kernels`` package on PyPI. ``tests/test_packaging.py`` builds the wheel, installs it
+outside the checkout and imports every module.
 """
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="amd_fast",
     version="0.1.0",
     description="Asymmetric Masked Distillation video pretraining: DALI loading, Triton kernels",
     python_requires=">=3.10",
-    packages=[
-        "amd_fast",
-        "amd_fast.shard",
-        "amd_fast.data",
-        "amd_fast.models",
-        "amd_fast.kernels",
-    ],
+    packages=find_packages(include=["amd_fast", "amd_fast.*"]) + ["amd_fast.kernels"],
     package_dir={"amd_fast.kernels": "kernels"},
     install_requires=[
         # The PyPI torch build (CUDA-enabled, also runs on CPU); the CPU-only wheel breaks torchvision.
@@ -26,7 +22,6 @@ setup(
         "timm>=1.0,<2",
         "triton>=3.1",
         "nvidia-dali-cuda130>=1.50",
-        "webdataset>=0.2.90,<2",
         "av>=13",
         "numpy>=1.26",
         "pyyaml>=6",
@@ -34,7 +29,9 @@ setup(
         "tensorboard>=2.16",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        # webdataset is not needed to build or read shards (amd_fast writes the tars and reads them by
+        # their DALI index); the tests use it to prove that stock WebDataset reads our shards.
+        "test": ["pytest>=8", "webdataset>=0.2.90,<2", "setuptools>=70.1"],  # setuptools: the wheel test
         "bench": ["matplotlib>=3.8"],
     },
     entry_points={

@@ -104,3 +104,23 @@ def test_train_part_tiny_run_reports_both_paths(tmp_path, synthetic_shards):
         assert clips == 2 * e["batch_videos"] and e["batch_videos"] == 2  # tiny-cpu.yaml: num_sample 2
         assert e["steps_per_s"] > 0 and abs(e["clips_per_s"] - clips * e["steps_per_s"]) < 1e-9
         assert 0.0 <= e["data_wait_fraction"] <= 1.0
+
+
+def test_numbers_are_written_without_matplotlib(tmp_path, monkeypatch, caplog):
+    """No matplotlib: the JSON and Markdown records are still written, the chart is skipped with a warning."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.split(".")[0] == "matplotlib":
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    record = {"environment": timing.environment(__import__("torch").device("cpu")), "settings": {}, "entries": [],
+              "notes": []}
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with caplog.at_level("WARNING"):
+        paths = report.write_all(record, tmp_path)
+    assert set(paths) == {"json", "md"} and all(p.stat().st_size > 0 for p in paths.values())
+    assert not list(tmp_path.glob("*.png")) and "matplotlib is not installed" in caplog.text

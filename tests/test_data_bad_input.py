@@ -126,3 +126,26 @@ def test_codec_table_gpu_takes_h264_not_av1_cpu_takes_vp9_only():
     assert "av1" in dali_codec_problem({"av1"}, on_gpu=True)
     assert dali_codec_problem({"vp9", "mjpeg"}, on_gpu=False) is None
     assert "h264" in dali_codec_problem({normalize_codec("avc1")}, on_gpu=False)
+
+
+def test_eager_batches_stay_full_when_several_videos_in_a_row_fail(shard_copy):
+    """Five undecodable videos in a row (more than a fixed retry count covers): every batch still has
+    batch_size videos, each failure is counted, and the replacements are real videos."""
+    tar = shard_copy / "val-000000.tar"
+    keys = sorted({n.split(".", 1)[0] for n in member_names(tar)})[:5]
+    rewrite_tar(tar, lambda name, data: data[:64] + bytes(len(data) - 64)
+                if name.split(".", 1)[0] in keys and name.endswith(".webm") else data)
+    loader = build_loader(cfg_for(shard_copy, "eager", batch_size=4))
+    batches = list(loader)
+    assert [b["video"].shape[0] for b in batches] == [4, 4] and len(batches) == len(loader)
+    assert [b["label"].shape[0] for b in batches] == [4, 4]
+    assert sum(loader.bad_samples.values()) >= 5
+
+
+def test_eager_stops_cleanly_when_every_video_fails(shard_copy):
+    from amd_fast.data.stream import BrokenShardsError
+
+    tar = shard_copy / "val-000000.tar"
+    rewrite_tar(tar, lambda name, data: bytes(len(data)) if name.endswith(".webm") else data)
+    with pytest.raises(BrokenShardsError, match="samples in a row failed to load.*--verify"):
+        list(build_loader(cfg_for(shard_copy, "eager", batch_size=4)))

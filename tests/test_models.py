@@ -109,3 +109,26 @@ def test_wrong_clip_size_and_bad_layers_are_named():
         tiny_model_config(teacher_align_layers=[2, 5])
     with pytest.raises(ValueError, match="equal length"):
         tiny_model_config(teacher_align_layers=[2])
+
+
+def test_key_bias_stays_exactly_zero_under_adamw(eager_ops):
+    """VideoMAE has no key bias: the k third of timm's fused qkv bias must not move, even though rounding gives
+    it ~1e-8 gradients that AdamW would normalise into real updates."""
+    from amd_fast.models import AMDObjective
+
+    torch.manual_seed(0)
+    cfg = tiny_model_config()
+    student, teacher = build_student(cfg), build_teacher(cfg)
+    objective = AMDObjective(student, teacher, MaskConfig(), __import__("amd_fast.models", fromlist=["x"]).LossConfig())
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-3, weight_decay=0.0)
+    for step in range(5):
+        loss, _ = objective(tiny_video(seed=step), generator=torch.Generator().manual_seed(step))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    biases = [(n, p) for n, p in student.named_parameters() if n.endswith("attn.qkv.bias")]
+    assert biases
+    for name, b in biases:
+        d = b.numel() // 3
+        assert torch.count_nonzero(b[d:2 * d]) == 0, name
+        assert torch.count_nonzero(b[:d]) > 0, name  # q and v biases do train

@@ -229,3 +229,90 @@ def test_train_cli_reports_bad_inputs_without_traceback(synthetic_shards, tmp_pa
                f"model.teacher_checkpoint={tmp_path / 'nope.pth'}"])
     err = capsys.readouterr().err
     assert rc == 2 and "nope.pth" in err and "model.teacher_checkpoint" in err and "Traceback" not in err
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_rendezvous_train_and_checkpoint(synthetic_shards, tmp_path):
+    """README's multi-node command on one machine: two torchrun launches (--nnodes 2, c10d rendezvous on
+    127.0.0.1), shards and run folder shared; they train together and rank 0 writes the checkpoints."""
+    out, port = tmp_path / "run", _free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+           "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "amd-fast-test",
+           "-m", "amd_fast.train", "--config", str(TINY),
+           *tiny_overrides(synthetic_shards, out, 4, "checkpoint.every_n_steps=2", "checkpoint.keep_last=5")]
+    nodes = [subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    try:
+        results = [n.communicate(timeout=240) for n in nodes]
+    finally:
+        for n in nodes:
+            n.kill()
+    errs = "\n".join(err[-2000:] for _, err in results)
+    assert [n.returncode for n in nodes] == [0, 0], errs
+    assert "2 ranks" in errs and "global batch 4 videos = 8 clips" in errs
+    assert [row["step"] for row in read_metrics(out)] == [1, 2, 3, 4]
+    state = ckpt.load_checkpoint(out / "checkpoints" / "step-000000004.pt")
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["encoder.pth", "step-000000002.pt",
+                                                                       "step-000000004.pt"]
+
+
+def _children(pid: int):
+    kids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    kids.append(int(p.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return kids
+
+
+def _rank_of(pid: int):
+    env = dict(kv.split("=", 1) for kv in (Path("/proc") / str(pid) / "environ").read_text().split("\0") if "=" in kv)
+    return int(env["RANK"]) if "RANK" in env else None
+
+
+@pytest.mark.slow
+def test_stalled_rank_times_out_instead_of_hanging(synthetic_shards, tmp_path):
+    """SIGSTOP one of two Gloo ranks mid-run: the other fails after train.dist_timeout_s with a message
+    naming the timeout, and the job exits non-zero instead of blocking forever."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "amd_fast.train", "--config", str(TINY),
+           *tiny_overrides(synthetic_shards, out, 2000, "train.dist_timeout_s=8")]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stopped = None
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if (out / "metrics.jsonl").exists() and len(read_metrics(out)) >= 3:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, "the run ended before the stall"
+        stopped = next(pid for pid in _children(proc.pid) if _rank_of(pid) == 1)
+        os.kill(stopped, signal.SIGSTOP)
+        t0 = time.time()
+        _, err = proc.communicate(timeout=150)
+        waited = time.time() - t0
+    finally:
+        if stopped is not None:
+            for sig in (signal.SIGCONT, signal.SIGKILL):
+                try:
+                    os.kill(stopped, sig)
+                except ProcessLookupError:
+                    pass
+        proc.kill()
+    assert proc.returncode != 0
+    assert "did not complete within train.dist_timeout_s=8" in err, err[-3000:]
+    assert "Traceback" not in err.split("did not complete")[0][-2000:]  # rank 0 ends with the message, no traceback
+    assert waited < 120
