@@ -114,12 +114,12 @@ def test_wrong_clip_size_and_bad_layers_are_named():
 def test_key_bias_stays_exactly_zero_under_adamw(eager_ops):
     """VideoMAE has no key bias: the k third of timm's fused qkv bias must not move, even though rounding gives
     it ~1e-8 gradients that AdamW would normalise into real updates."""
-    from amd_fast.models import AMDObjective
+    from amd_fast.models import AMDObjective, LossConfig
 
     torch.manual_seed(0)
     cfg = tiny_model_config()
     student, teacher = build_student(cfg), build_teacher(cfg)
-    objective = AMDObjective(student, teacher, MaskConfig(), __import__("amd_fast.models", fromlist=["x"]).LossConfig())
+    objective = AMDObjective(student, teacher, MaskConfig(), LossConfig())
     opt = torch.optim.AdamW(student.parameters(), lr=1e-3, weight_decay=0.0)
     for step in range(5):
         loss, _ = objective(tiny_video(seed=step), generator=torch.Generator().manual_seed(step))

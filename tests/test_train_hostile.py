@@ -1,11 +1,9 @@
 """Training under hostile input: files that would run code, garbage files, impossible sizes, changed configs on
 resume, killed runs, bad samples. Exit 2 with one line naming the problem and the fix, or the data kept."""
-import json
+import logging
 import os
 import shutil
 import tarfile
-import io
-from pathlib import Path
 
 import pytest
 import torch
@@ -33,8 +31,6 @@ def _logs(caplog):
 
 def _train(capsys, shards, out, steps, *extra):
     """(exit code, what the user sees: stderr + the log records) of ``python -m amd_fast.train``."""
-    import logging
-
     handler = _Collect()
     logging.getLogger().addHandler(handler)
     try:
@@ -44,7 +40,7 @@ def _train(capsys, shards, out, steps, *extra):
     return rc, capsys.readouterr().err + "\n".join(handler.lines)
 
 
-class _Collect(__import__("logging").Handler):
+class _Collect(logging.Handler):
     def __init__(self):
         super().__init__()
         self.lines = []
