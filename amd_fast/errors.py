@@ -5,6 +5,7 @@
 - :class:`RunFailed`: the input was fine but the run could not finish (a non-finite loss, too many
   undecodable videos, a stalled rank, a full disk). The CLI prints the message and exits 1.
 - ``KeyboardInterrupt`` (Ctrl-C) exits 130; what was already written is kept.
+- ``OSError`` (a folder that cannot be created, permissions, a full disk) exits 1 with its message.
 
 Anything else is a bug and keeps its traceback (exit 1). The concrete errors subclass these where
 they are raised (``ConfigError``, ``ShardError``, ``CheckpointError``, ...), so this module stays
@@ -42,6 +43,9 @@ def run_cli(main: Callable[[], "int | None"], prog: str,
         return EXIT_BAD_INPUT
     except RunFailed as e:
         print(f"{prog}: failed: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as e:  # the environment refused (permissions, a missing folder, a full disk): no traceback
+        print(f"{prog}: failed: {e}; fix the path or the machine and rerun the same command", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted; {interrupted_hint}", file=sys.stderr)

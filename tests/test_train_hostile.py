@@ -179,3 +179,18 @@ def test_auto_device_refuses_unusable_nvidia_gpus(monkeypatch):
     with pytest.raises(distributed.DeviceError, match=r"NVIDIA GPUs \(/dev/nvidia0\) .* train.device=cpu"):
         distributed.resolve_device("auto")
     assert distributed.resolve_device("cpu").type == "cpu"  # explicit CPU is respected
+
+
+def test_binary_config_and_non_shard_paths_are_one_line(synthetic_shards, tmp_path, capsys):
+    binary = tmp_path / "config.yaml"
+    binary.write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)))
+    assert main(["--config", str(binary)]) == 2
+    assert "not a YAML text file" in capsys.readouterr().err
+    other = tmp_path / "notes.txt"
+    other.write_text("hello")
+    rc, err = _train(capsys, synthetic_shards, tmp_path / "r", 1, f"data.shards={other}")
+    assert rc == 2 and "neither a manifest" in err and "Traceback" not in err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # log.dir below a regular file cannot be created
+    rc, err = _train(capsys, synthetic_shards, blocker / "run", 1)
+    assert rc == 1 and "Traceback" not in err and str(blocker) in err

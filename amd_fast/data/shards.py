@@ -66,6 +66,9 @@ def _manifest_for(shards: Union[str, Path], split: str) -> Tuple[Optional[Path],
             return None, tars
         raise ShardError(f"{p} has neither {m.name} nor {split}-*.tar; build shards with "
                          f"`python -m amd_fast.shard --out {p}` or point data.shards at a manifest")
+    if p.exists():
+        raise ShardError(f"shards path {p} is neither a manifest (.json), a shard folder nor a .tar file; point "
+                         "data.shards at what `python -m amd_fast.shard --out DIR` wrote")
     raise ShardError(f"shards path {p} does not exist (expected a manifest .json, a shard folder or .tar files)")
 
 
