@@ -15,7 +15,7 @@ from pathlib import Path
 
 log = logging.getLogger("bench.report")
 
-PARTS = ("loaders", "kernels", "train")
+PARTS = ("loaders", "gop", "kernels", "train")
 
 
 def output_stem(out_dir: Path, env: dict, suffix: str = "") -> Path:
@@ -104,13 +104,23 @@ def kernel_speedups(entries: list[dict]) -> dict[tuple[str, str], dict[str, floa
     return out
 
 
-def loader_speedups(entries: list[dict]) -> dict[int, float]:
-    """workers -> DALI clips/s ÷ eager clips/s at the same worker/thread count."""
-    rates: dict[int, dict[str, float]] = defaultdict(dict)
+def loader_speedups(entries: list[dict]) -> dict[tuple, tuple[float, float]]:
+    """(codec, workers, peer) -> (DALI clips/s ÷ peer's, DALI clips per CPU-second ÷ peer's), DALI at one
+    pipeline, every loader at the same worker/thread count on the same shards."""
+    rates: dict[tuple, dict[str, tuple]] = defaultdict(dict)
     for e in entries:
-        if e["part"] == "loaders" and e.get("clips_per_s"):
-            rates[e["workers"]][e["backend"]] = e["clips_per_s"]
-    return {w: r["dali"] / r["eager"] for w, r in sorted(rates.items()) if "dali" in r and "eager" in r}
+        if e["part"] == "loaders" and e.get("kind") == "clips" and e.get("clips_per_s") and e.get("pipelines") in (None, 1):
+            rates[(e.get("codec"), e["workers"])][e.get("loader", e["backend"])] = (e["clips_per_s"],
+                                                                                    e.get("cpu_s_per_clip"))
+    out = {}
+    for (codec, workers), r in rates.items():
+        if "dali" not in r:
+            continue
+        for peer, (clips, cpu) in r.items():
+            if peer != "dali":
+                d_clips, d_cpu = r["dali"]
+                out[(codec, workers, peer)] = (d_clips / clips, cpu / d_cpu if cpu and d_cpu else float("nan"))
+    return out
 
 
 def train_speedups(entries: list[dict]) -> dict[str, float]:
@@ -125,6 +135,10 @@ def train_speedups(entries: list[dict]) -> dict[str, float]:
 # ----------------------------------------------------------------------------- markdown
 
 
+def _ms(v) -> str:
+    return _fmt(1000 * v) if v else "–"
+
+
 def _md_loaders(entries: list[dict]) -> str:
     rows, decode = [], []
     for e in entries:
@@ -132,17 +146,32 @@ def _md_loaders(entries: list[dict]) -> str:
             decode.append([e["backend"], str(e.get("threads", "–")), _fmt(e.get("frames_per_s")), _spread(e, "frames_per_s_spread"),
                            str(e.get("videos", "–")), e.get("status", "measured")])
         else:
-            rows.append([e["backend"], str(e["workers"]), str(e.get("batch_size", "–")),
-                         _fmt(e.get("clips_per_s")), _spread(e, "clips_per_s_spread"), e.get("status", "measured")])
-    out = ["### Loading (clips/s, higher is better)", "",
-           _table(["loader", "workers/threads", "batch", "clips/s (median)", "min–max", "status"], rows)]
+            util = e.get("decoder_utilisation_pct")
+            rows.append([e.get("loader", e["backend"]), str(e.get("codec", "–")), str(e["workers"]),
+                         str(e.get("pipelines") or "–"), str(e.get("batch_size", "–")), str(e.get("num_sample", "–")),
+                         _fmt(e.get("clips_per_s")), _spread(e, "clips_per_s_spread"), _ms(e.get("cpu_s_per_clip")),
+                         _fmt(util) + " %" if util is not None else "–", e.get("status", "measured")])
+    out = ["### Loading (clips/s and CPU ms per clip)", "",
+           _table(["loader", "codec", "workers", "DALI pipelines", "batch", "crops/video", "clips/s (median)",
+                   "min–max", "CPU ms/clip", "NVDEC util", "status"], rows)]
     ratios = loader_speedups(entries)
     if ratios:
-        out += ["", "DALI ÷ eager at equal workers: " + ", ".join(f"{w}: ×{_fmt(r)}" for w, r in ratios.items())]
+        out += ["", "DALI (1 pipeline) over each peer at equal workers, clips/s and clips per CPU-second:", "",
+                _table(["codec", "workers", "peer", "clips/s ratio", "clips per CPU-s ratio"],
+                       [[str(c), str(w), p, f"×{_fmt(a)}", f"×{_fmt(b)}"] for (c, w, p), (a, b) in sorted(ratios.items())])]
     if decode:
         out += ["", "Decode limit (codec alone, frames/s):", "",
                 _table(["decoder", "threads", "frames/s (median)", "min–max", "videos", "status"], decode)]
     return "\n".join(out)
+
+
+def _md_gop(entries: list[dict]) -> str:
+    rows = [[str(e["gop"]), e["codec"], e["loader"], _fmt(e.get("clips_per_s")), _ms(e.get("cpu_s_per_clip")),
+             _fmt(e["bytes_per_video"] / 1e3), _fmt(e["decoded_per_delivered_frame"]), e.get("status", "measured")]
+            for e in entries]
+    return "\n".join(["### GOP sweep (same videos at each keyframe interval)", "",
+                      _table(["GOP", "codec", "loader", "clips/s", "CPU ms/clip", "kB/video",
+                              "decoded frames per clip frame (computed)", "status"], rows)])
 
 
 def _md_kernels(entries: list[dict]) -> str:
@@ -193,7 +222,7 @@ def markdown(record: dict) -> str:
         head.append(f"· peak DRAM bandwidth {env['peak_bandwidth_bytes_per_s'] / 1e12:.2f} TB/s (published)")
     head += ["", "Settings: " + ", ".join(f"`{k}={v}`" for k, v in record.get("settings", {}).items())]
     body = []
-    renderers = {"loaders": _md_loaders, "kernels": _md_kernels, "train": _md_train}
+    renderers = {"loaders": _md_loaders, "gop": _md_gop, "kernels": _md_kernels, "train": _md_train}
     for part in PARTS:
         part_entries = [e for e in record["entries"] if e["part"] == part]
         if part_entries:
@@ -221,7 +250,7 @@ def chart(record: dict, path: Path) -> None:
                  fontsize=10)
     for ax, part in zip(axes[0], parts):
         entries = [e for e in record["entries"] if e["part"] == part]
-        {"loaders": _chart_loaders, "kernels": _chart_kernels, "train": _chart_train}[part](ax, entries)
+        {"loaders": _chart_loaders, "gop": _chart_gop, "kernels": _chart_kernels, "train": _chart_train}[part](ax, entries)
     if not parts:
         axes[0][0].text(0.5, 0.5, "no parts measured", ha="center", va="center")
         axes[0][0].set_axis_off()
@@ -242,17 +271,34 @@ def _errbar(entries: list[dict], key: str, spread_key: str) -> tuple[list[float]
 
 
 def _chart_loaders(ax, entries: list[dict]) -> None:
-    clips = [e for e in entries if e.get("kind") != "decode" and e.get("clips_per_s")]
-    for backend in sorted({e["backend"] for e in clips}):
-        rows = sorted((e for e in clips if e["backend"] == backend), key=lambda e: e["workers"])
+    clips = [e for e in entries if e.get("kind") != "decode" and e.get("clips_per_s") and e.get("pipelines") in (None, 1)]
+    for key in sorted({(e.get("loader", e["backend"]), e.get("codec")) for e in clips}, key=str):
+        rows = sorted((e for e in clips if (e.get("loader", e["backend"]), e.get("codec")) == key),
+                      key=lambda e: e["workers"])
         vals, err = _errbar(rows, "clips_per_s", "clips_per_s_spread")
-        ax.errorbar([e["workers"] for e in rows], vals, yerr=err, marker="o", capsize=3, label=backend)
+        ax.errorbar([e["workers"] for e in rows], vals, yerr=err, marker="o", capsize=3, label=f"{key[0]} ({key[1]})")
     ax.set_xlabel("workers / threads")
     ax.set_ylabel("clips/s")
-    ax.set_title("Loading")
+    ax.set_title("Loading (DALI: 1 pipeline)")
     if clips:
         ax.legend(fontsize=8)
         ax.set_xticks(sorted({e["workers"] for e in clips}))
+
+
+def _chart_gop(ax, entries: list[dict]) -> None:
+    for loader in sorted({e["loader"] for e in entries}):
+        rows = sorted((e for e in entries if e["loader"] == loader and e.get("clips_per_s")), key=lambda e: e["gop"])
+        ax.plot([e["gop"] for e in rows], [e["clips_per_s"] for e in rows], marker="o", label=f"{loader} clips/s")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("GOP (frames)")
+    ax.set_ylabel("clips/s")
+    ax.set_title("GOP sweep")
+    rows = sorted({e["gop"]: e for e in entries}.values(), key=lambda e: e["gop"])
+    if rows:
+        twin = ax.twinx()
+        twin.plot([e["gop"] for e in rows], [e["bytes_per_video"] / 1e3 for e in rows], "k--", label="kB/video")
+        twin.set_ylabel("kB per video (dashed)")
+        ax.legend(fontsize=8)
 
 
 def _chart_kernels(ax, entries: list[dict]) -> None:

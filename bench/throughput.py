@@ -1,15 +1,19 @@
 #!/usr/bin/env python
-"""Measure amd_fast's fast paths against their eager baselines, side by side, in one run.
+"""Measure amd_fast's fast paths against their eager baselines and peers, side by side, in one run.
 
     python bench/throughput.py                                   # everything, on the device it finds
+    python bench/throughput.py --quick                           # small inputs: a smoke test in ~a minute
     python bench/throughput.py --parts kernels --kernel-batch 4  # one part
     python bench/throughput.py --shards shards/kinetics400 --device cuda --out /tmp/bench
 
-Parts (``--parts``, comma separated; default all three):
+Parts (``--parts``, comma separated; default all four):
 
-* ``loaders`` — clips/s of the DALI pipeline vs the eager (webdataset + PyAV) loader on the
-  same shards with the same sampling and augmentation, at several worker/thread counts;
-  plus the decode limit (frames/s of PyAV alone, and DALI's decoder alone).
+* ``loaders`` — clips/s and CPU seconds per clip of the DALI pipeline, the eager loader (PyAV) and the
+  peers a user would pick instead (torchcodec, decord), on realistic shards (320p camera-like video,
+  10-12 s, 224 crops, num_sample 4) with the same sampling and augmentation, at several worker counts
+  (and DALI pipeline counts on CUDA); plus the decode limit (frames/s of PyAV alone, DALI's decoder alone).
+* ``gop`` — the same realistic videos encoded at several keyframe intervals: clips/s, CPU s/clip,
+  bytes per video and decoded frames per delivered clip frame.
 * ``kernels`` — forward+backward time of each memory-bound op as the AMD reference writes
   it, as our eager code and as our Triton kernel (CUDA only), at ViT-S and ViT-B shapes,
   with achieved GB/s from the kernels' modeled bytes and peak memory.
@@ -42,7 +46,7 @@ from bench import report, timing  # noqa: E402
 
 log = logging.getLogger("bench")
 
-PARTS = ("loaders", "kernels", "train")
+PARTS = ("loaders", "gop", "kernels", "train")
 
 
 def _int_list(text: str) -> list[int]:
@@ -64,24 +68,32 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python bench/throughput.py",
         description=__doc__.split("\n\n")[0],
     )
-    p.add_argument("--parts", type=_str_list, default=list(PARTS), help="which parts to run (default: loaders,kernels,train)")
+    p.add_argument("--parts", type=_str_list, default=list(PARTS),
+                   help="which parts to run (default: loaders,gop,kernels,train)")
+    p.add_argument("--quick", action="store_true",
+                   help="small inputs everywhere (tiny shape clips, 112 px, few batches): a smoke test, not a result")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto (default) = cuda if available, else cpu")
     p.add_argument("--shards", type=Path, default=None,
-                   help="shard dir (with <split>.manifest.json) or manifest file; default: build small synthetic "
-                        "VP9 shards under shards/bench-synthetic-* (reused on later runs)")
+                   help="shard dir (with <split>.manifest.json) or manifest file; default: build realistic synthetic "
+                        "shards under shards/bench-* (reused on later runs)")
     p.add_argument("--split", default="train", help="split of --shards to read (default: train)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="output folder (default: bench/results)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default: 5; loaders 3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed warm-up calls/batches/steps (default: 2; train 3)")
     g = p.add_argument_group("loaders (clip options apply to the loaders part; train uses its config's)")
+    g.add_argument("--loaders", type=_str_list, default=None, help="default: dali,eager,torchcodec,decord")
     g.add_argument("--loader-workers", type=_int_list, default=None,
                    help="worker/thread counts to compare (default: 1,2,4,8,... up to the CPU count)")
+    g.add_argument("--loader-pipelines", type=_int_list, default=None,
+                   help="DALI pipelines per rank to compare (default: cuda 1,2,4,7; cpu 1)")
+    g.add_argument("--num-sample", type=int, default=None, help="crops per decoded video (default: 4; quick 1)")
+    g.add_argument("--gops", type=_int_list, default=None, help="GOP sweep (default: 1,4,8,16,32,256)")
     g.add_argument("--loader-batch-size", type=int, default=None, help="videos per batch (default: cuda 16, cpu 4)")
     g.add_argument("--loader-batches", type=int, default=None, help="timed batches per repeat (default: cuda 20, cpu 12)")
-    g.add_argument("--input-size", type=int, default=None, help="crop size (default: cuda 224, cpu 112)")
+    g.add_argument("--input-size", type=int, default=None, help="crop size (default: 224; quick 112)")
     g.add_argument("--num-frames", type=int, default=None, help="frames per clip (default: 16)")
-    g.add_argument("--sampling-rate", type=int, default=None, help="frame stride (default: cuda 4, cpu 2)")
+    g.add_argument("--sampling-rate", type=int, default=None, help="frame stride (default: 4; quick 2)")
     g.add_argument("--decode-videos", type=int, default=None, help="videos decoded for the decode limit (default: 16)")
     g = p.add_argument_group("kernels")
     g.add_argument("--kernel-batch", type=int, default=None,
@@ -117,8 +129,13 @@ def validate(args: argparse.Namespace) -> None:
     unknown = [p for p in args.parts if p not in PARTS]
     if unknown or not args.parts:
         raise InputError(f"--parts: unknown {unknown or 'empty list'}; choose from {','.join(PARTS)}")
+    unknown = [x for x in (args.loaders or []) if x not in ("dali", "eager", "torchcodec", "decord")]
+    if unknown:
+        raise InputError(f"--loaders: unknown {unknown}; choose from dali,eager,torchcodec,decord")
+    if args.shards is None and args.split != "train":
+        raise InputError("--split: the bench's own shards have a train split only; pass --shards for others")
     for name in ("repeats", "kernel_batch", "loader_batch_size", "loader_batches", "train_steps", "train_batch_size",
-                 "train_num_sample", "train_workers"):
+                 "train_num_sample", "train_workers", "num_sample"):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1 (got {v})")
@@ -131,14 +148,22 @@ def summary(record: dict, paths: dict, seconds: float) -> str:
     entries = record["entries"]
     env = record["environment"]
     lines = [f"amd_fast bench on {env['device']} ({env.get('gpu_name') or env['cpu_model']}), {seconds:.0f} s"]
-    loaders = report.loader_speedups(entries)
-    if loaders:
-        lines.append("loaders  DALI / eager clips/s: " + ", ".join(f"{w} workers ×{r:.2f}" for w, r in loaders.items()))
+    for (codec, workers, peer), (r_clips, r_cpu) in sorted(report.loader_speedups(entries).items()):
+        lines.append(f"loaders  {codec} {workers} workers: DALI / {peer}: clips/s ×{r_clips:.2f}, "
+                     f"clips per CPU-second ×{r_cpu:.2f}")
     for e in entries:
         if e["part"] == "loaders" and e.get("kind") != "decode" and e.get("clips_per_s"):
-            lines.append(f"         {e['backend']:<6} {e['workers']:>2} workers: {e['clips_per_s']:8.1f} clips/s")
+            pipes = f", {e['pipelines']} pipelines" if e.get("pipelines") else ""
+            util = (f", decoder {e['decoder_utilisation_pct']:.0f} %" if e.get("decoder_utilisation_pct") is not None
+                    else "")
+            lines.append(f"         {e['loader']:<10} {e['codec']:<4} {e['workers']:>2} workers{pipes}: "
+                         f"{e['clips_per_s']:8.1f} clips/s, {1000 * e['cpu_s_per_clip']:6.1f} CPU ms/clip{util}")
         if e["part"] == "loaders" and e.get("kind") == "decode" and e.get("frames_per_s"):
             lines.append(f"         decode limit {e['backend']} ({e.get('threads')} threads): {e['frames_per_s']:.0f} frames/s")
+        if e["part"] == "gop" and e.get("clips_per_s"):
+            lines.append(f"gop {e['gop']:>4} {e['loader']:<6}: {e['clips_per_s']:6.1f} clips/s, "
+                         f"{1000 * e['cpu_s_per_clip']:6.1f} CPU ms/clip, {e['bytes_per_video'] / 1e3:7.0f} kB/video, "
+                         f"{e['decoded_per_delivered_frame']:.2f} decoded frames per clip frame")
     for (op, shape), ratios in sorted(report.kernel_speedups(entries).items()):
         others = ", ".join(f"{impl} ×{r:.2f}" for impl, r in ratios.items() if impl != "amd_reference")
         ref = next(e for e in entries if e["part"] == "kernels" and (e["op"], e["shape"]) == (op, shape)
@@ -189,6 +214,8 @@ def bench(args: argparse.Namespace) -> int:
         tp = time.perf_counter()
         if part == "loaders":
             from bench.parts import loaders as mod
+        elif part == "gop":
+            from bench.parts import gop as mod
         elif part == "kernels":
             from bench.parts import kernels as mod
         else:

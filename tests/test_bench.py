@@ -55,13 +55,17 @@ def test_kernels_part_tiny_run_writes_every_op_shape_impl(tmp_path):
             assert tri["bytes_modeled"] > 0
 
 
-def test_loaders_part_tiny_run_measures_both_loaders_and_decode(tmp_path, synthetic_shards):
+def test_loaders_part_tiny_run_measures_loaders_peers_and_decode(tmp_path, synthetic_shards):
     rec = _run_bench(tmp_path, "--parts", "loaders", "--shards", str(synthetic_shards), "--loader-workers", "1",
                      "--loader-batches", "1", "--loader-batch-size", "2", "--num-frames", "4",
-                     "--sampling-rate", "2", "--input-size", "32", "--decode-videos", "2")
-    clips = {e["backend"]: e for e in rec["entries"] if e["part"] == "loaders" and e["kind"] == "clips"}
-    assert set(clips) == {"dali", "eager"}
-    assert all(e["clips_per_s"] > 0 and e["workers"] == 1 for e in clips.values())
+                     "--sampling-rate", "2", "--input-size", "32", "--num-sample", "2", "--decode-videos", "2")
+    clips = {e["loader"]: e for e in rec["entries"] if e["part"] == "loaders" and e["kind"] == "clips"}
+    assert set(clips) == {"dali", "eager", "torchcodec", "decord"}  # every peer keeps its row
+    for name in ("dali", "eager"):
+        e = clips[name]
+        assert e["clips_per_s"] > 0 and e["workers"] == 1 and e["num_sample"] == 2 and e["cpu_s_per_clip"] > 0
+    for e in clips.values():  # a peer that is not installed is "not measured", never a made-up number
+        assert (e["clips_per_s"] is None) == e["status"].startswith("not measured")
     decoders = {(e["backend"], e["threads"]) for e in rec["entries"] if e.get("kind") == "decode" and e["frames_per_s"]}
     assert {("pyav", "1"), ("pyav", "auto"), ("dali", "1")} <= decoders
 
@@ -81,13 +85,17 @@ def test_speedups_are_reference_over_impl_and_fast_over_eager():
         {"part": "kernels", "op": "a", "shape": "s", "impl": "amd_reference", "ms_median": 10.0},
         {"part": "kernels", "op": "a", "shape": "s", "impl": "eager", "ms_median": 4.0},
         {"part": "kernels", "op": "a", "shape": "s", "impl": "triton", "ms_median": None},
-        {"part": "loaders", "kind": "clips", "backend": "dali", "workers": 2, "clips_per_s": 30.0},
-        {"part": "loaders", "kind": "clips", "backend": "eager", "workers": 2, "clips_per_s": 10.0},
+        {"part": "loaders", "kind": "clips", "loader": "dali", "backend": "dali", "codec": "vp9", "workers": 2,
+         "pipelines": 1, "clips_per_s": 30.0, "cpu_s_per_clip": 0.02},
+        {"part": "loaders", "kind": "clips", "loader": "dali", "backend": "dali", "codec": "vp9", "workers": 2,
+         "pipelines": 2, "clips_per_s": 50.0, "cpu_s_per_clip": 0.02},
+        {"part": "loaders", "kind": "clips", "loader": "eager", "backend": "eager", "codec": "vp9", "workers": 2,
+         "pipelines": None, "clips_per_s": 10.0, "cpu_s_per_clip": 0.03},
         {"part": "train", "model": "m", "path": "fast", "clips_per_s": 6.0},
         {"part": "train", "model": "m", "path": "eager", "clips_per_s": 2.0},
     ]
     assert report.kernel_speedups(entries) == {("a", "s"): {"amd_reference": 1.0, "eager": 2.5}}
-    assert report.loader_speedups(entries) == {2: 3.0}
+    assert report.loader_speedups(entries) == {("vp9", 2, "eager"): (3.0, pytest.approx(1.5))}
     assert report.train_speedups(entries) == {"m": 3.0}
 
 
@@ -124,3 +132,22 @@ def test_numbers_are_written_without_matplotlib(tmp_path, monkeypatch, caplog):
         paths = report.write_all(record, tmp_path)
     assert set(paths) == {"json", "md"} and all(p.stat().st_size > 0 for p in paths.values())
     assert not list(tmp_path.glob("*.png")) and "matplotlib is not installed" in caplog.text
+
+
+def test_gop_part_quick_run_reports_bytes_and_decode_cost(tmp_path):
+    rec = _run_bench(tmp_path, "--parts", "gop", "--quick", "--gops", "1,16", "--num-frames", "4", "--input-size", "32")
+    rows = {(e["gop"], e["loader"]): e for e in rec["entries"] if e["part"] == "gop"}
+    assert set(rows) == {(1, "dali"), (1, "eager"), (16, "dali"), (16, "eager")}
+    assert all(e["clips_per_s"] > 0 for e in rows.values())
+    # intra-only costs bytes and saves decode; the computed ratio follows the GOP
+    assert rows[(1, "dali")]["bytes_per_video"] > rows[(16, "dali")]["bytes_per_video"]
+    assert rows[(1, "dali")]["decoded_per_delivered_frame"] < rows[(16, "dali")]["decoded_per_delivered_frame"]
+
+
+def test_decoded_frames_per_delivered_frame_is_computed_from_gop_and_span():
+    from bench.parts.gop import decoded_per_delivered
+
+    # 16 frames at stride 4 span 61; a 61-frame video has one start: 61 decoded frames for 16 x 4 delivered
+    assert decoded_per_delivered([61], gop=16, num_frames=16, stride=4, num_sample=4) == pytest.approx(61 / 64)
+    # starts 0..3 with GOP 2: lead-ins 0, 1, 0, 1
+    assert decoded_per_delivered([64], gop=2, num_frames=16, stride=4, num_sample=1) == pytest.approx(61.5 / 16)

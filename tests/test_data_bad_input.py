@@ -110,7 +110,7 @@ def test_h264_with_dali_on_cpu_names_the_fix_and_auto_falls_back_to_eager(synthe
     with caplog.at_level("INFO", logger="amd_fast.data"):
         loader = build_loader(cfg_for(synthetic_shards_h264, "auto"))
     assert loader.backend == "eager"
-    assert "cannot decode h264" in caplog.text
+    assert "4 of 4 samples are h264" in caplog.text and "cannot decode" in caplog.text
     b = next(iter(loader))
     assert b["video"].shape == (2, 3, 8, 64, 64)
 
@@ -122,10 +122,11 @@ def test_auto_takes_dali_for_vp9_on_cpu(synthetic_shards):
 def test_codec_table_gpu_takes_h264_not_av1_cpu_takes_vp9_only():
     from amd_fast.data.backend import dali_codec_problem, normalize_codec
 
-    assert dali_codec_problem({"h264", "hevc", "vp9"}, on_gpu=True) is None
-    assert "av1" in dali_codec_problem({"av1"}, on_gpu=True)
-    assert dali_codec_problem({"vp9", "mjpeg"}, on_gpu=False) is None
-    assert "h264" in dali_codec_problem({normalize_codec("avc1")}, on_gpu=False)
+    assert dali_codec_problem({"h264": 5, "hevc": 1, "vp9": 2}, on_gpu=True) is None
+    problem = dali_codec_problem({"h264": 239997, "av1": 3}, on_gpu=True)
+    assert "3 of 240000 samples are av1" in problem and "--preset nvdec" in problem
+    assert dali_codec_problem({"vp9": 3, "mjpeg": 1}, on_gpu=False) is None
+    assert "h264" in dali_codec_problem({normalize_codec("avc1"): 1}, on_gpu=False)
 
 
 def test_eager_batches_stay_full_when_several_videos_in_a_row_fail(shard_copy):
@@ -149,3 +150,44 @@ def test_eager_stops_cleanly_when_every_video_fails(shard_copy):
     rewrite_tar(tar, lambda name, data: bytes(len(data)) if name.endswith(".webm") else data)
     with pytest.raises(BrokenShardsError, match="samples in a row failed to load.*--verify"):
         list(build_loader(cfg_for(shard_copy, "eager", batch_size=4)))
+
+
+def test_one_undecodable_codec_deep_in_a_split_is_found_from_the_counts(synthetic_shards, tmp_path):
+    """The decision reads every sample's codec (the manifest's counts), not the first member of each tar."""
+    import json
+
+    from amd_fast.shard import read_manifest
+
+    m = read_manifest(synthetic_shards / "val.manifest.json")
+    assert m["codecs"] == {"vp9": 8} and m["shards"][0]["codecs"] == {"vp9": 8}
+    shards = tmp_path / "shards"
+    shutil.copytree(synthetic_shards, shards)
+    path = shards / "val.manifest.json"
+    doctored = json.loads(path.read_text())
+    doctored["codecs"] = {"vp9": 7, "h264": 1}  # as if one sample in the middle were H.264
+    path.write_text(json.dumps(doctored))
+    with pytest.raises(CodecError, match=r"1 of 8 samples are h264.*--codec vp9"):
+        build_loader(cfg_for(shards, "dali"))
+
+
+def test_old_manifest_without_counts_reads_every_json_and_verify_records_them(synthetic_shards, tmp_path, caplog):
+    import json
+
+    from amd_fast.data.backend import shard_codecs
+    from amd_fast.data.shards import open_shards
+    from amd_fast.shard import verify_shards
+
+    shards = tmp_path / "shards"
+    shutil.copytree(synthetic_shards, shards)
+    path = shards / "val.manifest.json"
+    old = json.loads(path.read_text())
+    del old["codecs"]
+    for s in old["shards"]:
+        del s["codecs"]
+    path.write_text(json.dumps(old))
+    with caplog.at_level("WARNING"):
+        assert shard_codecs(open_shards(shards, "val")) == {"vp9": 8}
+    assert "reading every sample's json" in caplog.text
+    report = verify_shards(path)
+    assert report.ok and "recorded samples by codec" in report.notes[0]
+    assert json.loads(path.read_text())["codecs"] == {"vp9": 8}

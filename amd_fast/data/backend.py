@@ -1,19 +1,19 @@
 """Pick the loader backend from the config, the device and the shards' codecs.
 
-The check runs *before* any DALI pipeline is built, from the manifest options (or the per-sample
-json when the shards kept their source codecs), so an undecodable codec gives a message naming
-the fix instead of a C++ assertion from inside DALI.
+The check runs *before* any DALI pipeline is built, over every sample of the split (the manifest's
+per-codec counts), so one undecodable clip deep in a tar gives a message naming the count and the
+fix instead of a failed batch, or a C++ assertion from inside DALI.
 """
 from __future__ import annotations
 
 import json
 import logging
-from typing import Optional, Set, Tuple
+from typing import Dict, Optional, Tuple
 
 from .config import DataConfig
 from amd_fast.errors import InputError
 
-from .shards import ShardSet, read_member
+from .shards import ShardSet
 
 log = logging.getLogger(__name__)
 
@@ -36,23 +36,30 @@ def normalize_codec(name: str) -> str:
     return _ALIASES.get(n, n)
 
 
-def shard_codecs(shards: ShardSet) -> Set[str]:
-    """Codecs of the shards: the manifest's ``options.codec`` when the shards were re-encoded,
-    else the json of the first sample of each tar (``codec=copy`` keeps the sources' codecs;
-    we assume one codec per tar, as a dataset download normally is)."""
-    opt = normalize_codec(((shards.manifest or {}).get("options") or {}).get("codec", "copy"))
-    if opt not in ("copy", "", "none"):
-        return {opt}
-    codecs, seen = set(), set()
+def shard_codecs(shards: ShardSet) -> Dict[str, int]:
+    """Samples by codec over every sample of the split: the manifest's ``codecs`` counts (recorded by the
+    shard tool, or by ``--verify`` for older manifests), else each sample's json read once per tar."""
+    counts = (shards.manifest or {}).get("codecs")
+    if isinstance(counts, dict) and sum(counts.values()) >= shards.num_samples:
+        return {normalize_codec(c): int(n) for c, n in counts.items()}
+    log.warning("no codec counts in the manifest of these %d samples: reading every sample's json (run "
+                "`python -m amd_fast.shard --verify --out <shard folder>` once to record them)", shards.num_samples)
+    out: Dict[str, int] = {}
+    by_tar: Dict[str, list] = {}
     for s in shards.samples:
-        if s.tar in seen or s.json is None:
-            continue
-        seen.add(s.tar)
-        try:
-            codecs.add(normalize_codec(json.loads(read_member(s.tar, s.json)).get("codec", "unknown")))
-        except ValueError:
-            codecs.add("unknown")
-    return codecs or {"unknown"}
+        by_tar.setdefault(s.tar, []).append(s.json)
+    for tar, members in by_tar.items():
+        with open(tar, "rb") as f:
+            for where in members:
+                codec = "unknown"
+                if where is not None:
+                    f.seek(where[0])
+                    try:
+                        codec = normalize_codec(json.loads(f.read(where[1])).get("codec", "unknown"))
+                    except ValueError:
+                        pass
+                out[codec] = out.get(codec, 0) + 1
+    return out
 
 
 def dali_available() -> Tuple[bool, str]:
@@ -64,24 +71,29 @@ def dali_available() -> Tuple[bool, str]:
     return True, ""
 
 
-def dali_codec_problem(codecs: Set[str], on_gpu: bool) -> Optional[str]:
-    """Why DALI cannot decode these codecs on this device, or None."""
+def dali_codec_problem(codecs: Dict[str, int], on_gpu: bool) -> Optional[str]:
+    """Why DALI cannot decode these codecs (samples by codec) on this device, or None."""
     ok = DALI_GPU_CODECS if on_gpu else DALI_CPU_CODECS
-    bad = sorted(c for c in codecs if c not in ok)
+    bad = {c: n for c, n in sorted(codecs.items()) if c not in ok}
     if not bad:
         return None
-    where = "GPU (NVDEC)" if on_gpu else "CPU"
-    return (f"DALI's {where} video decoder cannot decode {', '.join(bad)} (it takes {', '.join(sorted(ok))}); "
-            f"re-shard with `python -m amd_fast.shard ... --codec vp9` or use data.backend=eager")
+    total = sum(codecs.values())
+    what = ", ".join(f"{n} of {total} samples are {c}" for c, n in bad.items())
+    if on_gpu:
+        fix = "re-shard with `python -m amd_fast.shard ... --preset nvdec` (H.264) or `--codec h264`"
+    else:
+        fix = "re-shard with `python -m amd_fast.shard ... --codec vp9` (or --preset cpu)"
+    return (f"{what}, which DALI's {'GPU (NVDEC)' if on_gpu else 'CPU'} decoder cannot decode (it takes "
+            f"{', '.join(sorted(ok))}); {fix}, or use data.backend=eager")
 
 
 def choose_backend(cfg: DataConfig, shards: ShardSet, device: str) -> str:
     """'dali' or 'eager' for this config; raises CodecError when cfg.backend='dali' cannot work."""
     on_gpu = device.startswith("cuda")
-    codecs = shard_codecs(shards)
     if cfg.backend == "eager":
-        log.info("data loader: eager (asked for); codecs %s", sorted(codecs))
+        log.info("data loader: eager (asked for)")
         return "eager"
+    codecs = shard_codecs(shards)
     ok, why = dali_available()
     problem = why if not ok else dali_codec_problem(codecs, on_gpu)
     if cfg.backend == "dali":

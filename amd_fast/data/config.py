@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from .decoders import DECODERS
+
 BACKENDS = ("auto", "dali", "eager")
 DTYPES = ("float32", "bfloat16", "float16")
 BAD_SAMPLE_POLICIES = ("skip", "error")
@@ -30,8 +32,11 @@ class DataConfig:
       shuffle. ``train=False`` (eval/probe/demo): middle clip, centre square crop of the short side
       resized to ``input_size``, no flip, reading order = shard order (``shuffle`` ignored).
     - ``device``: ``'auto'`` = ``'cuda'`` when available else ``'cpu'``; ``'cuda:1'`` etc. accepted.
-    - ``num_workers``: eager DataLoader worker processes; ``dali_threads``: DALI CPU threads.
-    - ``shuffle_buffer``: DALI reader ``initial_fill`` (per-rank sample buffer it shuffles in).
+    - ``num_workers``: eager DataLoader worker processes; ``eager_decoder``: the eager loader's video
+      decoder (``pyav``, or the peers ``torchcodec`` / ``decord``, see ``data.decoders``).
+    - ``dali_pipelines``: DALI pipelines per rank (an int, or ``auto``: 1 on CPU, one per NVDEC engine the
+      rank has on CUDA, see ``dali_pipeline.auto_pipelines``); ``dali_threads``: CPU threads per pipeline.
+    - ``shuffle`` (train only): a full permutation of the rank's samples per epoch, from (seed, epoch, rank).
     - ``on_bad_sample``: ``'skip'`` (count + warn) or ``'error'`` for samples missing their video or
       label and for videos that do not decode.
     - ``flip``: off by default as in VideoMAE/AMD pretraining; never turn it on for SSv2-like
@@ -49,6 +54,8 @@ class DataConfig:
     device: str = "auto"
     dtype: str = "float32"
     num_workers: int = 4
+    eager_decoder: str = "pyav"
+    dali_pipelines: Union[int, str] = "auto"
     dali_threads: int = 4
     prefetch: int = 2
     flip: bool = False
@@ -56,7 +63,6 @@ class DataConfig:
     max_distort: int = 1
     seed: int = 0
     shuffle: bool = True
-    shuffle_buffer: int = 1024
     drop_last: bool = True
     on_bad_sample: str = "skip"
     train: bool = True
@@ -73,8 +79,12 @@ class DataConfig:
         need(self.dtype in DTYPES, f"dtype={self.dtype!r}; choose one of {', '.join(DTYPES)}")
         need(self.on_bad_sample in BAD_SAMPLE_POLICIES,
              f"on_bad_sample={self.on_bad_sample!r}; choose one of {', '.join(BAD_SAMPLE_POLICIES)}")
+        need(self.eager_decoder in DECODERS, f"eager_decoder={self.eager_decoder!r}; choose one of "
+                                             f"{', '.join(DECODERS)}")
+        need(self.dali_pipelines == "auto" or (isinstance(self.dali_pipelines, int) and self.dali_pipelines >= 1),
+             f"dali_pipelines={self.dali_pipelines!r} must be 'auto' or an integer >= 1")
         for name in ("batch_size", "num_frames", "sampling_rate", "num_sample", "input_size",
-                     "dali_threads", "prefetch", "shuffle_buffer"):
+                     "dali_threads", "prefetch"):
             need(int(getattr(self, name)) >= 1, f"{name}={getattr(self, name)!r} must be >= 1")
         need(int(self.num_workers) >= 0, f"num_workers={self.num_workers!r} must be >= 0")
         need(int(self.max_distort) >= 0, f"max_distort={self.max_distort!r} must be >= 0")

@@ -1,232 +1,266 @@
-"""DALI loader: fn.readers.webdataset -> clip sampling -> video decode -> multi-scale crop -> normalize.
+"""DALI loader: encoded videos from the shards -> DALI decode (NVDEC 'mixed' on a GPU) -> crops -> torch.
 
-Everything per-sample happens inside the DALI graph (no Python per sample): the clip's frame
-indices are computed with DALI arithmetic from the ``.clipinfo`` int32 record (frames, width,
-height, label); decoding is ``fn.decoders.video(start_frame, stride, sequence_length)`` on the
-CPU or, with CUDA, 'mixed' (NVDEC) so the clips stay on the GPU; the batch is copied
-device-to-device into a torch tensor with DALI's PyTorch plugin (``feed_ndarray`` on torch's
-current stream, as DALIGenericIterator does). The math follows sampling.py exactly.
+What runs where:
 
-Epochs: a fresh pipeline per epoch, seeded from (seed, epoch, rank), reading one contiguous part
-of the samples (``shard_id=(rank+epoch) % world, num_shards=world``: parts rotate per epoch as
-DALI's own reader does) shuffled in a buffer of ``shuffle_buffer`` samples (DALI shuffles locally:
-the tar order inside a part stays the stored order). Resume: the epoch's pipeline is rebuilt from
-the same seeds and the consumed batches are run again and dropped (deterministic; costs their
-decode time once).
+- Python, once per batch (no per-pixel work): which samples the batch holds (``shards.epoch_order``,
+  the same order as the eager loader), each sample's clip plan (``sampling.plan_clip``: start frame,
+  frame order, crop boxes, flips, drawn from ``(seed, epoch, rank, position)``), and the encoded bytes,
+  read at the DALI index's offsets. They enter the graph through ``fn.external_source``.
+- The DALI graph, per sample: ``fn.decoders.video`` decodes the clip's distinct frames (from the
+  keyframe before the first one: the shards' GOP sets the waste, see ``--preset``),
+  ``fn.sequence_rearrange`` repeats the last reachable frame where the video is too short, and per crop
+  ``fn.resize`` (crop box as ROI, bilinear, antialiased) + ``fn.crop_mirror_normalize`` (flip, CFHW
+  layout) emit uint8 clips. On CUDA everything after the bytes runs on the GPU.
+- torch: the uint8 batch is copied once into a torch tensor on the device (device-to-device on CUDA)
+  and normalized there (``sampling.normalize_clips``), exactly as the eager loader does.
 
-Undecodable video: DALI fails the whole batch (one decoder error per batch); that batch is dropped,
-the video counted (named from DALI's error) and the next batch taken in its place, so the epoch
-still has len() batches on every rank (DDP stays in step; at the epoch's end the reader wraps into
-the next part, so a few samples may repeat).
+Several pipelines per rank (``data.dali_pipelines``; one NVDEC engine per pipeline in practice, and an
+H100 has seven): batch ``k`` of the epoch is decoded by pipeline ``k % P``, and the batches are handed
+out in order ``k = 0, 1, 2, ...``, so the stream is the same for any ``P`` and any number of threads.
+Resume skips the consumed batches without decoding them. Because the graph only executes a plan
+computed from the position, a batch is identical however it was reached.
+
+Undecodable video: DALI fails the whole batch. Its samples are then decoded one by one in a small
+repair pipeline; each that fails is replaced by the next sample in stored order (the eager loader's
+rule, with the same plan draws), counted, and the repaired batch takes the failed one's place, so
+every batch keeps ``batch_size`` videos and its position.
 """
 from __future__ import annotations
 
 import logging
-import re
-import zlib
-from typing import Iterator, List
+import os
+import struct
+from collections import deque
+from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from amd_fast.shard.format import ClipInfo
+
 from .config import DataConfig
-from amd_fast.normalization import IMAGENET_MEAN, IMAGENET_STD
-
-from .sampling import FIX_OFFSETS, SNAP_PX, scale_pairs
-from amd_fast.shard.format import INFO_EXT, INFO_FRAMES, INFO_HEIGHT, INFO_LABEL, INFO_WIDTH, VIDEO_EXTS
-
-from .shards import ShardSet, epoch_part, rank_batches
-from .stream import BadSampleCounter, BadSampleError, BrokenShardsError, LoaderStateMixin, StreamState
+from .sampling import ClipPlan, normalize_clips, plan_clip, sample_rng
+from .shards import ShardError, ShardSet, read_member
+from .stream import BadSampleCounter, BadSampleError, BrokenShardsError, LoaderStateMixin
 
 log = logging.getLogger(__name__)
 
-READER_NAME = "shards"
-_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+MAX_REPLACEMENTS = 32  # as the eager loader's ClipDataset
+# NVDEC engines per GPU (public spec sheets), for data.dali_pipelines=auto until the device check measures it.
+NVDEC_ENGINES = {"H100": 7, "H200": 7, "GH200": 7, "A100": 5, "A800": 5}
 
 
-def derive_seed(*parts: int) -> int:
-    """A 31-bit seed from (seed, epoch, rank, ...), stable across runs and Python versions."""
-    return zlib.crc32(np.asarray(parts, dtype=np.int64).tobytes()) & 0x7FFFFFFF
+def auto_pipelines(device: torch.device) -> int:
+    """``data.dali_pipelines: auto``. CPU: 1 (DALI's CPU decoder is parallel across its threads already).
+    CUDA: one pipeline per NVDEC engine the rank can have to itself: engines per GPU (H100/H200 7, A100 5,
+    otherwise a guess of 2) divided by the ranks sharing the GPU. A documented guess, not yet measured."""
+    if device.type != "cuda":
+        return 1
+    name = torch.cuda.get_device_name(device)
+    engines = next((n for key, n in NVDEC_ENGINES.items() if key in name), 2)
+    ranks_per_gpu = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")) // max(1, torch.cuda.device_count()))
+    return max(1, engines // ranks_per_gpu)
 
 
-def clip_graph(cfg: DataConfig, tars: List[str], indexes: List[str], part: int, world_size: int,
-               reader_seed: int, decode_device: str):
-    """Build the DALI graph (call inside a ``pipeline_def``). Returns (video, label) where video is
-    (num_sample, 3, T, S, S) per sample, float32/float16, normalized."""
+def clip_graph(cfg: DataConfig, source, decode_device: str):
+    """The DALI graph (call inside a ``pipeline_def``): external inputs -> (B, num_sample, 3, T, S, S) uint8."""
     from nvidia.dali import fn, types
-    import nvidia.dali.math as dmath
 
-    T, step, S = cfg.num_frames, cfg.sampling_rate, cfg.input_size
-    shuffle = cfg.shuffle and cfg.train
-    video, info = fn.readers.webdataset(
-        paths=tars, index_paths=indexes, ext=[";".join(VIDEO_EXTS), INFO_EXT],
-        dtypes=[types.UINT8, types.INT32], missing_component_behavior="skip",
-        shard_id=part, num_shards=world_size, random_shuffle=shuffle,
-        initial_fill=cfg.shuffle_buffer, seed=reader_seed, name=READER_NAME)
-    label, n, width, height = info[INFO_LABEL], info[INFO_FRAMES], info[INFO_WIDTH], info[INFO_HEIGHT]
-
-    # Clip start and indices (sampling.clip_start / clip_indices).
-    room = dmath.max(n - T * step + 1, 1)
-    if cfg.train:
-        u = fn.random.uniform(range=[0.0, 1.0])
-        start = dmath.min(fn.cast(dmath.floor(u * fn.cast(room, dtype=types.FLOAT)), dtype=types.INT32), room - 1)
-    else:
-        start = dmath.max(n - T * step + 1, 0) // 2
-    kmax = dmath.max(n - 1 - start, 0) // step
-    # Decode only the distinct frames start, start+step, ... (<= T of them), then repeat the last one
-    # in-graph. Why not frames=[..., last, last]: DALI seeks again for every repeated index (5-8x
-    # slower on a short video), and pad_mode='edge' repeats the video's last frame, not the last
-    # frame on the stride grid as the reference does.
-    distinct = dmath.min(kmax + 1, T)
-    frames = fn.decoders.video(video, start_frame=start, stride=step, sequence_length=distinct,
-                               pad_mode="edge",  # only if `frames` over-counts the video: never black
+    S = cfg.input_size
+    inputs = fn.external_source(source=source, num_outputs=4 + 3 * cfg.num_sample, batch=True,
+                                dtype=[types.UINT8, types.INT32, types.INT32, types.INT32]
+                                + [types.FLOAT, types.FLOAT, types.INT32] * cfg.num_sample)
+    video, start, distinct, order = inputs[:4]
+    # Decode only the distinct frames start, start+step, ... and repeat the last one in-graph. Why not frames
+    # with repeats in them: DALI seeks again for every repeated index (5-8x slower on a short video), and
+    # pad_mode='edge' repeats the video's last frame, not the last frame on the stride grid as the reference.
+    frames = fn.decoders.video(video, start_frame=start, stride=cfg.sampling_rate, sequence_length=distinct,
+                               pad_mode="edge",  # only if the shard's frame count over-counts the video
                                device=decode_device)
-    frames = fn.sequence_rearrange(frames, new_order=dmath.min(types.Constant(np.arange(T, dtype=np.int32)), kmax))
-
-    short = dmath.min(width, height)
-    short_f = fn.cast(short, dtype=types.FLOAT)
-    pairs = scale_pairs(len(cfg.scales), cfg.max_distort)
+    frames = fn.sequence_rearrange(frames, new_order=order)
     crops = []
-    for _ in range(cfg.num_sample):  # repeated augmentation: same decoded frames, own crop each
-        if cfg.train:
-            code = fn.cast(fn.random.uniform(values=[float(i * len(cfg.scales) + j) for i, j in pairs]),
-                           dtype=types.INT32)
-            si, sj = code // len(cfg.scales), code % len(cfg.scales)
-            ch = _snap(_scaled(short_f, si, cfg.scales), S)
-            cw = _snap(_scaled(short_f, sj, cfg.scales), S)
-            off = fn.cast(fn.random.uniform(values=[float(a * 5 + b) for a, b in FIX_OFFSETS]), dtype=types.INT32)
-            y0 = (off % 5) * ((height - ch) // 4)
-            x0 = (off // 5) * ((width - cw) // 4)
-            mirror = fn.random.coin_flip(probability=0.5) if cfg.flip else 0
-        else:
-            ch = cw = short
-            y0, x0 = (height - short) // 2, (width - short) // 2
-            mirror = 0
-        y0f, x0f = fn.cast(y0, dtype=types.FLOAT), fn.cast(x0, dtype=types.FLOAT)
-        roi_start = fn.stack(y0f, x0f)
-        roi_end = fn.stack(y0f + fn.cast(ch, dtype=types.FLOAT), x0f + fn.cast(cw, dtype=types.FLOAT))
+    for k in range(cfg.num_sample):  # repeated augmentation: one decode, own crop each
+        roi_start, roi_end, mirror = inputs[4 + 3 * k: 7 + 3 * k]
         resized = fn.resize(frames, size=[S, S], roi_start=roi_start, roi_end=roi_end, roi_relative=False,
                             interp_type=types.INTERP_LINEAR, antialias=True)
-        crops.append(fn.crop_mirror_normalize(
-            resized, dtype=types.FLOAT16 if cfg.dtype == "float16" else types.FLOAT, output_layout="CFHW",
-            mean=[255 * m for m in IMAGENET_MEAN], std=[255 * s for s in IMAGENET_STD], mirror=mirror))
-    return fn.stack(*crops), label
+        crops.append(fn.crop_mirror_normalize(resized, dtype=types.UINT8, output_layout="CFHW", mirror=mirror))
+    return fn.stack(*crops)
 
 
-def _scaled(short_f, scale_index, scales):
-    """int(short_side * scales[scale_index]) with a per-sample index (select by comparison)."""
-    from nvidia.dali import fn, types
-
-    factor = sum((scale_index == k) * float(s) for k, s in enumerate(scales))
-    return fn.cast(short_f * factor, dtype=types.INT32)  # truncation, as int() in the reference
-
-
-def _snap(size, input_size):
-    import nvidia.dali.math as dmath
-
-    return size + (dmath.abs(size - input_size) < SNAP_PX) * (input_size - size)
+def plan_inputs(video: bytes, plan: ClipPlan) -> list:
+    """One sample's external-source inputs, in clip_graph's order."""
+    out = [np.frombuffer(video, dtype=np.uint8), np.int32(plan.start), np.int32(plan.distinct), plan.order]
+    for (y0, x0, ch, cw), flip in zip(plan.boxes, plan.flips):
+        out += [np.array([y0, x0], np.float32), np.array([y0 + ch, x0 + cw], np.float32), np.int32(flip)]
+    return out
 
 
-_DALI_FILE_RE = re.compile(r'for "([^"]+)"')
+class _Feed:
+    """The external source of one pipeline: its batches, in order, as DALI inputs. DALI calls it ahead of
+    ``run()`` (prefetching); the sample indices and labels of each fed batch wait in ``pending``."""
+
+    def __init__(self, loader: "DaliLoader", epoch: int, batches: Sequence[List[Tuple[int, int]]]):
+        self.loader, self.epoch, self.batches = loader, epoch, deque(batches)
+        self.pending: deque = deque()
+
+    def __call__(self):
+        if not self.batches:
+            raise StopIteration
+        batch = self.batches.popleft()
+        per_sample, labels, taken = [], [], []
+        for pos, i in batch:
+            inputs, label, j = self.loader.readable_inputs(self.epoch, pos, i)
+            per_sample.append(inputs)
+            labels.append(label)
+            taken.append((pos, j))
+        self.pending.append((taken, labels))
+        return tuple(list(column) for column in zip(*per_sample))
 
 
 class DaliLoader(LoaderStateMixin):
-    """Iterable of ``{'video', 'label'}`` batches from a DALI pipeline (see module doc)."""
+    """Iterable of ``{'video', 'label'}`` batches from ``data.dali_pipelines`` DALI pipelines (module doc)."""
 
     backend = "dali"
 
     def __init__(self, cfg: DataConfig, shards: ShardSet, rank: int, world_size: int, device: str,
                  bad: BadSampleCounter):
-        self.cfg, self.shards, self.rank, self.world_size = cfg, shards, rank, world_size
-        self.device = torch.device(device)
-        self.bad = bad
-        self.state = StreamState(seed=cfg.seed)
-        self.num_rank_samples, self._len = rank_batches(shards.num_samples, world_size, cfg.batch_size,
-                                                        cfg.drop_last)
-        self._out_dtype = _TORCH_DTYPES[cfg.dtype]
+        self._init_state(cfg, shards, rank, world_size, device, bad)
+        self.num_pipelines = (auto_pipelines(self.device) if cfg.dali_pipelines == "auto"
+                              else int(cfg.dali_pipelines))
+        self._repair = None
 
-    def _build(self, epoch: int):
+    # ---- inputs ---------------------------------------------------------------------------------------
+    def sample_inputs(self, epoch: int, pos: int, i: int):
+        """(DALI inputs, label) of sample ``i`` at position ``pos`` of ``epoch``; OSError / ShardError /
+        struct.error if its members cannot be read."""
+        s = self.samples[i]
+        info = ClipInfo.unpack(read_member(s.tar, s.info))
+        plan = plan_clip(self.cfg, info.frames, info.height, info.width, sample_rng(self.state.seed, epoch, self.rank, pos))
+        return plan_inputs(read_member(s.tar, s.video), plan), info.label
+
+    def readable_inputs(self, epoch: int, pos: int, i: int):
+        """``sample_inputs`` of the first sample from ``i`` on (stored order) whose members can be read;
+        unreadable ones (a cut-off tar) are counted and replaced, as undecodable ones are."""
+        for attempt in range(min(MAX_REPLACEMENTS, len(self.samples))):
+            j = (i + attempt) % len(self.samples)
+            try:
+                inputs, label = self.sample_inputs(epoch, pos, j)
+                return inputs, label, j
+            except (OSError, ShardError, struct.error) as e:
+                where = f"{self.samples[j].tar}:{self.samples[j].key}"
+                if self.cfg.on_bad_sample == "error":
+                    raise BadSampleError(f"unreadable sample {where}: {e} (set data.on_bad_sample=skip to replace "
+                                         "such samples and go on)") from None
+                self.bad.add("unreadable sample (replaced by the next sample)", f"{where}: {e}")
+        raise BrokenShardsError(f"{MAX_REPLACEMENTS} samples in a row could not be read (from "
+                                f"{self.samples[i].tar}:{self.samples[i].key}); the shards look broken: check them "
+                                "with `python -m amd_fast.shard --verify --out <shard folder>`")
+
+    def _build(self, source, batch_size: int, prefetch: int):
         from nvidia.dali import pipeline_def
 
         on_gpu = self.device.type == "cuda"
-        seed = derive_seed(self.state.seed, epoch, self.rank)
 
-        @pipeline_def(batch_size=self.cfg.batch_size, num_threads=self.cfg.dali_threads,
-                      device_id=(self.device.index or 0) if on_gpu else None, seed=seed,
-                      prefetch_queue_depth=self.cfg.prefetch)
+        @pipeline_def(batch_size=batch_size, num_threads=self.cfg.dali_threads,
+                      device_id=(self.device.index or 0) if on_gpu else None, prefetch_queue_depth=prefetch)
         def pipe():
-            return clip_graph(self.cfg, self.shards.tars, self.shards.indexes,
-                              epoch_part(self.rank, epoch, self.world_size), self.world_size,
-                              reader_seed=derive_seed(self.state.seed, epoch, self.rank, 1),
-                              decode_device="mixed" if on_gpu else "cpu")
+            return clip_graph(self.cfg, source, "mixed" if on_gpu else "cpu")
 
         p = pipe()
         p.build()
         return p
 
-    def _run(self, pipe, count: bool = True):
-        """One batch of DALI outputs, or None when a video in it failed to decode (counted)."""
-        try:
-            return pipe.run()
-        except RuntimeError as e:
-            msg = str(e)
-            m = _DALI_FILE_RE.search(msg)
-            where = m.group(1) if m else msg.strip().splitlines()[-1][:300]
-            if self.cfg.on_bad_sample == "error":
-                raise BadSampleError(f"undecodable video {where} (set data.on_bad_sample=skip to drop its batch "
-                                   f"and go on)") from e
-            if count:
-                self.bad.add("batch with an undecodable video (DALI drops the batch; counted per batch)", where, n=1)
-            return None
-
-    def _good_batches(self, pipe, count: bool = True):
-        """Successful pipeline runs. A failed batch is replaced by the next one (the reader wraps into
-        the next part at the epoch's end), so every rank still yields len() batches per epoch."""
-        failures = 0
-        while True:
-            out = self._run(pipe, count)
-            if out is not None:
-                failures = 0
-                yield out
-                continue
-            failures += 1
-            if failures > 8:
-                raise BrokenShardsError(f"{failures} DALI batches in a row failed to decode; the shards look broken: "
-                                        "check them with `python -m amd_fast.shard --verify --out <shard folder>`")
-
-    def _to_torch(self, outputs):
+    def _to_torch(self, video_tl, labels: Sequence[int]) -> dict:
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
-        video_tl, label_tl = outputs
-        video_t = video_tl.as_tensor()
-        shape = list(video_t.shape())  # (B, num_sample, 3, T, S, S)
-        dali_dtype = torch.float16 if self.cfg.dtype == "float16" else torch.float32
+        t = video_tl.as_tensor()  # (B, num_sample, 3, T, S, S) uint8
+        video = torch.empty(list(t.shape()), dtype=torch.uint8, device=self.device)
         stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
-        video = torch.empty(shape, dtype=dali_dtype, device=self.device)
-        feed_ndarray(video_t, video, cuda_stream=stream)  # device-to-device on GPU, no host round trip
-        labels = torch.from_numpy(np.asarray(label_tl.as_tensor()).astype(np.int64).reshape(-1))
-        video = video.flatten(0, 1)
-        if video.dtype != self._out_dtype:
-            video = video.to(self._out_dtype)
-        labels = labels.to(self.device, non_blocking=True).repeat_interleave(self.cfg.num_sample)
-        return video, labels
+        feed_ndarray(t, video, cuda_stream=stream)  # device-to-device on GPU, no host round trip
+        video = normalize_clips(video.flatten(0, 1), self.out_dtype)
+        label = torch.tensor(labels, dtype=torch.int64).to(self.device, non_blocking=True)
+        return {"video": video, "label": label.repeat_interleave(self.cfg.num_sample)}
 
+    # ---- an undecodable video -------------------------------------------------------------------------
+    def _repair_batch(self, epoch: int, batch: List[Tuple[int, int]]) -> dict:
+        """Decode a failed batch's samples one by one; replace each that fails by the next sample in stored
+        order; decode the repaired batch (see module doc)."""
+        if self._repair is None:
+            self._repair = _RepairPipe(self)
+        fixed = []
+        for pos, i in batch:
+            for attempt in range(min(MAX_REPLACEMENTS, len(self.samples))):
+                j = (i + attempt) % len(self.samples)
+                why = self._repair.check(epoch, pos, j)
+                if why is None:
+                    fixed.append((pos, j))
+                    break
+                where = f"{self.samples[j].tar}:{self.samples[j].key}"
+                if self.cfg.on_bad_sample == "error":
+                    raise BadSampleError(f"undecodable video {where}: {why} (set data.on_bad_sample=skip to "
+                                         "replace such samples and go on)")
+                self.bad.add("undecodable video (replaced by the next sample)", f"{where}: {why}")
+            else:
+                raise BrokenShardsError(
+                    f"{MAX_REPLACEMENTS} samples in a row failed to decode in DALI (from "
+                    f"{self.samples[i].tar}:{self.samples[i].key}); the shards look broken: check them with "
+                    "`python -m amd_fast.shard --verify --out <shard folder>`")
+        video, labels = self._repair.run(epoch, fixed)
+        return self._to_torch(video, labels)
+
+    # ---- the stream -----------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict]:
         st = self.state
-        epoch = st.epoch
-        pipe = self._build(epoch)
+        epoch, first = st.epoch, st.batch
+        batches = self.epoch_batches(epoch, first)
+        P = self.num_pipelines
+        feeds = [_Feed(self, epoch, [b for k, b in enumerate(batches, start=first) if k % P == p]) for p in range(P)]
+        pipes = [self._build(feed, self.cfg.batch_size, self.cfg.prefetch) for feed in feeds]
         try:
-            replay = self._good_batches(pipe, count=False)
-            for _ in range(st.batch):  # resume: rerun and drop this epoch's consumed batches
-                next(replay)
-            batches = self._good_batches(pipe)
-            while st.batch < self._len:
-                video, label = self._to_torch(next(batches))
+            for k in range(first, self._len):
+                p = k % P
+                try:
+                    (video,) = pipes[p].run()
+                    batch, labels = feeds[p].pending.popleft()
+                    out = self._to_torch(video, labels)
+                except RuntimeError as e:  # DALI could not decode a video of this batch
+                    if not feeds[p].pending:
+                        raise
+                    batch, _ = feeds[p].pending.popleft()
+                    log.debug("DALI batch %d of epoch %d failed (%s); repairing it", k, epoch, str(e)[:200])
+                    out = self._repair_batch(epoch, batch)
                 st.batch += 1
-                if st.batch == self._len and not self.cfg.drop_last:
-                    keep = (self.num_rank_samples - (self._len - 1) * self.cfg.batch_size) * self.cfg.num_sample
-                    video, label = video[:keep], label[:keep]  # DALI wraps around to fill the last batch
-                yield {"video": video, "label": label}
+                yield out
         finally:
-            del pipe
+            del pipes
         st.epoch, st.batch = epoch + 1, 0
+
+
+class _RepairPipe:
+    """A one-batch-at-a-time pipeline for a failed batch: checks samples alone, then decodes the repaired batch."""
+
+    def __init__(self, loader: DaliLoader):
+        self.loader = loader
+        self.next: list = []
+        self.pipe = loader._build(self._source, loader.cfg.batch_size, 1)
+
+    def _source(self):
+        return tuple(list(column) for column in zip(*self.next))
+
+    def _run(self, epoch: int, batch):
+        inputs, labels = zip(*(self.loader.sample_inputs(epoch, pos, i) for pos, i in batch))
+        self.next = list(inputs)
+        (video,) = self.pipe.run()
+        return video, list(labels)
+
+    def check(self, epoch: int, pos: int, i: int):
+        """None if sample ``i`` decodes at ``pos``, else why not."""
+        try:
+            self._run(epoch, [(pos, i)])
+            return None
+        except (RuntimeError, OSError, ShardError, ValueError) as e:
+            lines = [line for line in str(e).splitlines() if line.strip()]
+            return lines[-1][:300] if lines else type(e).__name__
+
+    def run(self, epoch: int, batch):
+        return self._run(epoch, batch)

@@ -1,12 +1,14 @@
-"""Clips/s of the data loaders on given shards (reused by bench/).
+"""Clips/s and CPU-seconds per clip of a data loader on given shards (used by bench/).
 
 ``python -m amd_fast.data.loader_speed --shards shards/synthetic --backend dali eager``
 
-Per backend: build the loader, run ``warmup`` batches (pipeline start, worker spawn, first
-decode), then time ``batches`` batches. Reported: clips/s (= videos x num_sample per second),
-videos/s, and the mean data-wait per batch, i.e. the time ``next()`` blocks, which is what a
-training step waits for when the model is faster than the loader. On CUDA the clock stops after
-a ``torch.cuda.synchronize()`` so asynchronous copies are counted.
+Per loader: build it, run ``warmup`` batches (pipeline start, worker spawn, first decode), then time
+``batches`` batches. Reported: clips/s (= videos x num_sample per second of wall time), videos/s, the
+mean time ``next()`` blocks per batch (what a training step waits for when the model is faster than
+the loader), and the CPU time the whole process tree spent per clip (this process's threads, live
+DataLoader workers and workers that exited during the window): the cost of a clip on a machine whose
+cores are all busy, which clips/s on an idle machine hides. On CUDA the clock stops after a
+``torch.cuda.synchronize()`` so asynchronous copies are counted.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
+import resource
 import time
 from typing import Dict, Optional, Sequence
 
@@ -30,24 +34,55 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _proc_cpu(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def process_tree_cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process, its live descendants and its reaped children."""
+    children: Dict[int, list] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(name))
+    total, stack = _proc_cpu(os.getpid()), list(children.get(os.getpid(), []))
+    while stack:
+        pid = stack.pop()
+        total += _proc_cpu(pid)
+        stack += children.get(pid, [])
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return total + reaped.ru_utime + reaped.ru_stime
+
+
 def measure_clips_per_s(cfg: DataConfig, *, batches: int = 20, warmup: int = 3, rank: int = 0,
                         world_size: int = 1) -> Dict[str, float]:
-    """Throughput of ``build_loader(cfg)``; cycles epochs when ``warmup + batches`` exceeds one."""
+    """Throughput and CPU cost of ``build_loader(cfg)``; cycles epochs when ``warmup + batches`` exceeds one."""
     loader = build_loader(cfg, rank, world_size)
     device = cfg.resolved_device()
 
     def stream():
+        epoch = 0
         while True:
+            loader.set_epoch(epoch)
             yield from loader
+            epoch += 1
 
     it = stream()
     t_build = time.perf_counter()
     for _ in range(warmup):
         next(it)
     _sync(device)
-    clips = 0
-    wait = 0.0
-    t0 = time.perf_counter()
+    clips, wait = 0, 0.0
+    cpu0, t0 = process_tree_cpu_seconds(), time.perf_counter()
     for _ in range(batches):
         tw = time.perf_counter()
         b = next(it)
@@ -55,10 +90,13 @@ def measure_clips_per_s(cfg: DataConfig, *, batches: int = 20, warmup: int = 3, 
         wait += time.perf_counter() - tw
         clips += b["video"].shape[0]
     elapsed = time.perf_counter() - t0
+    cpu = process_tree_cpu_seconds() - cpu0
     return {
         "backend": loader.backend,
         "clips_per_s": clips / elapsed,
         "videos_per_s": clips / cfg.num_sample / elapsed,
+        "cpu_s_per_clip": cpu / clips,
+        "cpu_cores_busy": cpu / elapsed,
         "data_wait_ms_per_batch": 1000 * wait / batches,
         "warmup_s": t0 - t_build,
         "batches": batches,
@@ -81,7 +119,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--num-frames", type=int, default=16)
     ap.add_argument("--sampling-rate", type=int, default=4)
-    ap.add_argument("--num-sample", type=int, default=1)
+    ap.add_argument("--num-sample", type=int, default=4)
     ap.add_argument("--input-size", type=int, default=224)
     ap.add_argument("--num-workers", type=int, default=4)
     ap.add_argument("--dali-threads", type=int, default=4)
@@ -95,9 +133,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      num_frames=a.num_frames, sampling_rate=a.sampling_rate, num_sample=a.num_sample,
                      input_size=a.input_size, num_workers=a.num_workers, dali_threads=a.dali_threads, dtype=a.dtype)
     results = compare(cfg, a.backend, batches=a.batches, warmup=a.warmup)
-    print(f"{'backend':>8} {'clips/s':>9} {'videos/s':>9} {'wait ms/batch':>14} {'warmup s':>9}")
+    print(f"{'backend':>8} {'clips/s':>9} {'CPU ms/clip':>12} {'wait ms/batch':>14} {'warmup s':>9}")
     for name, r in results.items():
-        print(f"{name:>8} {r['clips_per_s']:9.1f} {r['videos_per_s']:9.1f} {r['data_wait_ms_per_batch']:14.1f} "
+        print(f"{name:>8} {r['clips_per_s']:9.1f} {1000 * r['cpu_s_per_clip']:12.1f} {r['data_wait_ms_per_batch']:14.1f} "
               f"{r['warmup_s']:9.2f}")
     if a.json:
         with open(a.json, "w") as f:

@@ -21,12 +21,16 @@ snapped to ``input_size`` when within 3 px; a (height-scale i, width-scale j) pa
 units of ``(W-cw)//4`` / ``(H-ch)//4``; then bilinear (antialiased) resize to input_size².
 Eval: centre crop of side ``short_side``, resized to input_size².
 
-The numpy functions here are the reference used by the eager loader and the tests; the DALI
-graph (dali_pipeline.py) computes the same quantities with DALI arithmetic from the tables below.
+Both loaders get every number of a clip from :func:`plan_clip` (frame indices, crop boxes, flips),
+drawn from a generator seeded with ``(seed, epoch, rank, position)``: the eager loader applies the plan
+with PyAV + torch, the DALI graph with its decoder and resize. A sample therefore gets the same clip
+from either loader (up to the decoders' colour conversion and resize rounding), and the clip of a
+position never depends on how many workers or pipelines produced the batches before it.
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
 
 import numpy as np
 
@@ -81,3 +85,72 @@ def center_crop_box(height: int, width: int) -> Tuple[int, int, int, int]:
     """Eval crop: the centred square of side short_side."""
     s = min(height, width)
     return (height - s) // 2, (width - s) // 2, s, s
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    """Everything random or size-dependent about one sample's clips (``num_sample`` crops of one decode)."""
+
+    indices: np.ndarray  # (num_frames,) frame indices into the video
+    boxes: Tuple[Tuple[int, int, int, int], ...]  # per crop: (y0, x0, crop_h, crop_w) in the decoded frame
+    flips: Tuple[bool, ...]  # per crop: mirror horizontally
+
+    @property
+    def start(self) -> int:
+        return int(self.indices[0])
+
+    @property
+    def distinct(self) -> int:
+        """How many distinct frames the clip uses (the last reachable frame repeats after them)."""
+        return int(np.unique(self.indices).size)
+
+    @property
+    def order(self) -> np.ndarray:
+        """(num_frames,) int32: position of each clip frame among the ``distinct`` decoded ones."""
+        return np.searchsorted(np.unique(self.indices), self.indices).astype(np.int32)
+
+
+def sample_rng(seed: int, epoch: int, rank: int, position: int) -> np.random.Generator:
+    """The generator of one position of one rank's epoch (both loaders use it)."""
+    return np.random.default_rng([seed, epoch, rank, position])
+
+
+def plan_clip(cfg, num_video_frames: int, height: int, width: int, rng: np.random.Generator) -> ClipPlan:
+    """The clip(s) of one sample for ``cfg`` (a DataConfig). Draws, in this order: the start; then per crop
+    a scale pair, an offset and a flip coin (always drawn, so the stream does not depend on ``cfg.flip``)."""
+    u = rng.random()
+    start = clip_start(num_video_frames, cfg.num_frames, cfg.sampling_rate, u, cfg.train)
+    indices = clip_indices(num_video_frames, start, cfg.num_frames, cfg.sampling_rate)
+    n_pairs = len(scale_pairs(len(cfg.scales), cfg.max_distort))
+    boxes: List[Tuple[int, int, int, int]] = []
+    flips: List[bool] = []
+    for _ in range(cfg.num_sample):
+        pair, offset, coin = int(rng.integers(n_pairs)), int(rng.integers(len(FIX_OFFSETS))), rng.random()
+        if cfg.train:
+            boxes.append(multiscale_crop_box(height, width, cfg.input_size, cfg.scales, cfg.max_distort, pair,
+                                             offset))
+            flips.append(bool(cfg.flip and coin < 0.5))
+        else:
+            boxes.append(center_crop_box(height, width))
+            flips.append(False)
+    return ClipPlan(indices, tuple(boxes), tuple(flips))
+
+
+def normalize_clips(video_u8, dtype):
+    """uint8 clips (any layout, channels on dim 1) -> ImageNet-normalized ``dtype``, where they lie (both
+    loaders move uint8 to the device first: 4x fewer bytes to copy than float)."""
+    import torch
+
+    key = (str(video_u8.device), video_u8.dim())
+    if key not in _NORM_TABLES:  # once per device: no per-batch host-to-device copy
+        from amd_fast.normalization import IMAGENET_MEAN, IMAGENET_STD
+
+        shape = (1, 3) + (1,) * (video_u8.dim() - 2)
+        _NORM_TABLES[key] = (torch.tensor([255 * m for m in IMAGENET_MEAN], device=video_u8.device).view(shape),
+                             torch.tensor([1 / (255 * s) for s in IMAGENET_STD], device=video_u8.device).view(shape))
+    mean, inv_std = _NORM_TABLES[key]
+    x = video_u8.float().sub_(mean).mul_(inv_std)
+    return x if dtype == torch.float32 else x.to(dtype)
+
+
+_NORM_TABLES: dict = {}

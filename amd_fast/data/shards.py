@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
+
 from amd_fast.errors import InputError
 from amd_fast.shard import format as shard_format
 from amd_fast.shard import manifest as shard_manifest
@@ -167,6 +169,20 @@ def rank_batches(num_samples: int, world_size: int, batch_size: int, drop_last: 
     smallest with ``drop_last`` and padded to the largest without (the padding repeats samples)."""
     used = num_samples // world_size if drop_last else -(-num_samples // world_size)
     return used, (used // batch_size if drop_last else -(-used // batch_size))
+
+
+def epoch_order(num_samples: int, rank: int, world_size: int, epoch: int, seed: int, shuffle: bool,
+                num_rank_samples: int) -> np.ndarray:
+    """Indices (into all samples) ``rank`` reads in ``epoch``, in reading order: its part for the epoch
+    (:func:`epoch_part`), permuted from ``(seed, epoch, rank)`` when ``shuffle``, cut or padded to the
+    common per-rank length (padding reads on into the next part's first samples). Both loaders use it."""
+    lo, hi = rank_range(num_samples, epoch_part(rank, epoch, world_size), world_size)
+    order = np.arange(lo, hi)
+    if shuffle:
+        order = np.random.default_rng([seed, epoch, rank]).permutation(order)
+    if len(order) >= num_rank_samples:
+        return order[:num_rank_samples]
+    return np.concatenate([order, np.arange(hi, hi + num_rank_samples - len(order)) % num_samples])
 
 
 def read_member(tar: str, where: Tuple[int, int]) -> bytes:

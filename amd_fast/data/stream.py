@@ -1,16 +1,21 @@
-"""Position in the data stream (what a checkpoint saves), and the bad-sample counter.
+"""Position in the data stream (what a checkpoint saves), the bad-sample counter, the shared loader base.
 
-Both loaders rebuild an epoch's sample order from ``(seed, epoch, rank)`` alone, so a resumed
-run that restores ``{epoch, batch, seed}`` continues with exactly the batches it had not yet
-consumed (see each loader for how it skips the consumed ones).
+Both loaders rebuild an epoch's sample order from ``(seed, epoch, rank)`` alone and plan each
+position's clip from ``(seed, epoch, rank, position)``, so a resumed run that restores
+``{epoch, batch, seed}`` continues with exactly the batches it had not yet consumed, without
+decoding the consumed ones.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from typing import Dict
+from typing import Dict, List, Tuple
+
+import numpy as np
 
 from amd_fast.errors import RunFailed
+
+from .shards import epoch_order, rank_batches
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +81,19 @@ class BadSampleCounter:
 
 
 class LoaderStateMixin:
-    """The part of the loader interface both backends share: ``len()``, ``set_epoch``, the
-    checkpointable stream state and the bad-sample counts. Subclasses set ``cfg``, ``backend``,
-    ``state`` (StreamState), ``bad`` (BadSampleCounter) and ``_len`` (batches per epoch per rank)."""
+    """What both backends share: the per-rank sample order and its batches, ``len()``, ``set_epoch``, the
+    checkpointable stream state and the bad-sample counts (subclasses call :meth:`_init_state`)."""
+
+    backend = "?"
+
+    def _init_state(self, cfg, shards, rank: int, world_size: int, device: str, bad: BadSampleCounter) -> None:
+        import torch
+
+        self.cfg, self.shards, self.samples = cfg, shards, shards.samples
+        self.rank, self.world_size, self.device, self.bad = rank, world_size, torch.device(device), bad
+        self.state = StreamState(seed=cfg.seed)
+        self.num_rank_samples, self._len = rank_batches(len(self.samples), world_size, cfg.batch_size, cfg.drop_last)
+        self.out_dtype = getattr(torch, cfg.dtype)
 
     def __len__(self) -> int:
         return self._len
@@ -87,6 +102,17 @@ class LoaderStateMixin:
     def bad_samples(self) -> dict:
         """Skipped samples so far, by reason."""
         return dict(self.bad.counts)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Indices (into all samples) this rank reads in ``epoch``, in reading order (``shards.epoch_order``)."""
+        return epoch_order(len(self.samples), self.rank, self.world_size, epoch, self.state.seed,
+                           self.cfg.train and self.cfg.shuffle, self.num_rank_samples)
+
+    def epoch_batches(self, epoch: int, first: int = 0) -> List[List[Tuple[int, int]]]:
+        """Batches ``first..len-1`` of ``epoch``, each a list of (position in the epoch, sample index)."""
+        order, b = self.epoch_order(epoch), self.cfg.batch_size
+        return [[(p, int(order[p])) for p in range(k * b, min((k + 1) * b, len(order)))]
+                for k in range(first, self._len)]
 
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` from its beginning, unless that epoch is the one a restored state is in."""

@@ -4,6 +4,7 @@ Examples::
 
     python -m amd_fast.shard --src synthetic                          # demo data -> shards/synthetic
     python -m amd_fast.shard --src kinetics400 --root /data/k400      # copy videos as they are
+    python -m amd_fast.shard --src kinetics400 --root /data/k400 --preset nvdec --workers 32   # for GPU training
     python -m amd_fast.shard --src ssv2 --root /data/ssv2 --codec vp9 --short-side 224 --gop 8 --workers 16
     python -m amd_fast.shard --src kinetics400 --root /data/k400 --verify   # re-check what was built
 
@@ -21,7 +22,8 @@ from pathlib import Path
 from amd_fast.errors import RunFailed, run_cli
 
 from .build import build_shards_report
-from .options import CODECS, SOURCES, ShardOptions
+from .options import CODECS, DEFAULT_CLIP_SPAN, PRESETS, SOURCES, ShardOptions
+from .synthetic import CONTENTS
 
 log = logging.getLogger("amd_fast.shard")
 
@@ -50,6 +52,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--codec", choices=CODECS, help="default: vp9 for synthetic, copy for real datasets")
     p.add_argument("--short-side", type=int, help="resize so the short side is this (re-encoding codecs)")
     p.add_argument("--gop", type=int, help="keyframe interval (re-encoding codecs)")
+    p.add_argument("--preset", choices=tuple(PRESETS), help="decode-efficient training shards: nvdec = H.264 for "
+                   "GPU decode, cpu = VP9 for DALI's CPU decoder; both short side 320 and a GOP from --clip-span "
+                   "(options given explicitly win). README: 'Decode-efficient shards'")
+    p.add_argument("--clip-span", type=int, default=DEFAULT_CLIP_SPAN,
+                   help="frames one training clip covers, (num_frames-1)*sampling_rate+1, for the preset's GOP "
+                        f"(default {DEFAULT_CLIP_SPAN}: 16 frames at stride 4; SSv2's 16 at stride 2: 31)")
     p.add_argument("--limit", type=int, help="at most this many videos per split (after the seeded shuffle)")
     p.add_argument("--seed", type=int, default=0, help="shuffle + synthetic content seed (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="delete this tool's files for the splits and rebuild")
@@ -57,8 +65,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--verify", action="store_true", help="after building (or resuming), re-read and check every shard")
     p.add_argument("--synthetic-count", type=int, default=320, help="total clips; a quarter go to val (default: 320)")
     p.add_argument("--synthetic-frames", type=int, default=32, help="frames per clip (default: 32)")
-    p.add_argument("--synthetic-size", type=int, default=80, help="clip width = height (default: 80)")
+    p.add_argument("--synthetic-size", type=int, default=80,
+                   help="clip short side (shapes: width = height; scenes: 4:3) (default: 80)")
     p.add_argument("--synthetic-classes", type=int, default=4, help="motion directions = classes (default: 4)")
+    p.add_argument("--synthetic-content", choices=CONTENTS, default="shapes",
+                   help="shapes: moving shapes (the demo); scenes: a camera panning over natural-statistics "
+                        "scenes, camera-video bitrates (the loader bench) (default: shapes)")
+    p.add_argument("--synthetic-min-frames", type=int,
+                   help="give each clip its own length in [this, --synthetic-frames] (default: all equal)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log every skipped video")
     return p.parse_args(argv)
@@ -70,9 +84,10 @@ def options_from_args(a: argparse.Namespace) -> ShardOptions:
         splits=tuple(s.strip() for s in a.splits.split(",") if s.strip()) if a.splits else None,
         samples_per_shard=a.samples_per_shard, shard_bytes=a.shard_bytes, workers=a.workers, codec=a.codec,
         short_side=a.short_side, gop=a.gop, limit=a.limit, seed=a.seed, fold=a.fold, overwrite=a.overwrite,
-        max_failures=a.max_failures, verify=a.verify, progress=not a.no_progress,
-        synthetic_count=a.synthetic_count, synthetic_frames=a.synthetic_frames,
-        synthetic_size=a.synthetic_size, synthetic_classes=a.synthetic_classes)
+        max_failures=a.max_failures, verify=a.verify, progress=not a.no_progress, preset=a.preset,
+        clip_span=a.clip_span, synthetic_count=a.synthetic_count, synthetic_frames=a.synthetic_frames,
+        synthetic_size=a.synthetic_size, synthetic_classes=a.synthetic_classes,
+        synthetic_content=a.synthetic_content, synthetic_min_frames=a.synthetic_min_frames)
 
 
 def _summary(report) -> str:
@@ -109,6 +124,8 @@ def main(argv=None) -> int:
         rep = report.verify
         print(f"verify: {rep.manifests} manifests, {rep.shards} shards, {rep.samples} samples, "
               f"{len(rep.problems)} problems")
+        for note in rep.notes:
+            print(f"  note: {note}")
         for p in rep.problems[:50]:
             print(f"  {p}")
         if len(rep.problems) > 50:

@@ -21,7 +21,7 @@ from .lock import SplitLocks
 from .manifest import ShardLog, failures_path, journal_path, manifest_path, read_jsonl, read_manifest, write_manifest
 from .options import ShardOptions
 from .plan import PlannedVideo, check_or_write_plan, plan_dict, plan_split
-from .transcode import EncodedVideo, VideoError, copy_video, encode_frames, transcode_video
+from .transcode import EncodedVideo, VideoError, copy_video, encode_frames, resized, transcode_video
 from .format import read_index, sample_keys, sample_members, sample_meta
 from .verify import VerifyReport, verify_shards
 from .writer import ShardWriter, finished_shard, tmp_path
@@ -81,17 +81,15 @@ class _Job:
     short_side: Optional[int]
     gop: Optional[int]
     seed: int
-    synthetic: Optional[tuple]  # (classes, frames, size) for --src synthetic
+    synthetic: Optional[synthetic.SyntheticSpec]  # what to render for --src synthetic
 
 
 def _encode(job: _Job):
     """Worker: -> (ordinal, EncodedVideo | None, failure reason | None). Never raises."""
     try:
         if job.synthetic is not None:
-            classes, frames, size = job.synthetic
-            clip = synthetic.render_clip(job.record.source, job.record.label, classes=classes, frames=frames,
-                                         size=size, seed=job.seed)
-            w, h = (size, size) if job.short_side is None else (job.short_side, job.short_side)
+            clip = synthetic.render(job.record.source, job.record.label, job.synthetic, job.seed)
+            w, h = resized(clip.shape[2], clip.shape[1], job.short_side)
             return job.ordinal, encode_frames(clip, w, h, synthetic.FPS, job.codec, job.gop), None
         if job.codec == "copy":
             return job.ordinal, copy_video(job.record.path), None
@@ -162,7 +160,7 @@ def _finished_shards(out: Path, split: str, planned: List[List[PlannedVideo]]) -
         found = finished_shard(tar, idx)
         if (found is not None and (rec.get("samples"), rec.get("bytes")) == found
                 and set(sample_keys(read_index(idx))) <= {v.key for v in shard}):
-            done[i] = {k: rec[k] for k in ("tar", "index", "samples", "bytes", "sha256")}
+            done[i] = {k: rec[k] for k in ("tar", "index", "samples", "bytes", "sha256", "codecs") if k in rec}
     return done
 
 
@@ -199,12 +197,12 @@ def _build_split(o: ShardOptions, index: sources.SourceIndex, split: str, pool: 
         log.info("%s: keeping %d finished shard(s) of %d", split, len(done), len(planned))
 
     todo = [i for i in range(len(planned)) if i not in done]
-    jobs = [_Job(v.ordinal, v.record, o.codec, o.short_side, o.gop, o.seed,
-                 (o.synthetic_classes, o.synthetic_frames, o.synthetic_size) if o.src == "synthetic" else None)
-            for i in todo for v in planned[i]]
+    spec = o.synthetic_spec()
+    jobs = [_Job(v.ordinal, v.record, o.codec, o.short_side, o.gop, o.seed, spec) for i in todo for v in planned[i]]
     by_ordinal = {v.ordinal: (i, v) for i in todo for v in planned[i]}
     remaining = {i: len(planned[i]) for i in todo}
     writers: Dict[int, ShardWriter] = {}
+    codecs: Dict[int, Dict[str, int]] = {}  # per open shard: samples by codec (recorded in the manifest)
     bar = _progress(len(jobs), f"{split}", o.progress)
     try:
         for ordinal, video, reason in pool.imap(jobs):
@@ -223,11 +221,12 @@ def _build_split(o: ShardOptions, index: sources.SourceIndex, split: str, pool: 
                 if i not in writers:
                     writers[i] = ShardWriter(*_shard_paths(out, split, i))
                 writers[i].add(pv.key, _members(video, pv.record.label, index.classes, _display_source(pv.record, o.root)))
+                codecs.setdefault(i, {})[video.codec] = codecs.get(i, {}).get(video.codec, 0) + 1
                 stats.videos_ok += 1
             remaining[i] -= 1
             if remaining[i] == 0:
                 if i in writers:
-                    done[i] = writers[i].close().as_dict()
+                    done[i] = {**writers[i].close().as_dict(), "codecs": dict(sorted(codecs.pop(i).items()))}
                     del writers[i]  # only now: if close() is interrupted, the finally below aborts it
                     finished.add(shard=i, **done[i])
                 else:

@@ -30,6 +30,26 @@ def write_manifest(path: Path, *, source: str, split: str, classes: Sequence[str
         "failures": failures_path(path.parent, split).name,
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+    counts = split_codecs(shards)
+    if counts is not None:
+        m["codecs"] = counts
+    return save_manifest(path, m)
+
+
+def split_codecs(shards: Sequence[dict]) -> "dict | None":
+    """Samples by codec over all shards (their ``codecs`` entries); None if a shard lacks its counts
+    (a manifest written before they were recorded: ``--verify`` fills them in)."""
+    if not all(isinstance(s.get("codecs"), dict) for s in shards):
+        return None
+    total: dict = {}
+    for s in shards:
+        for codec, n in s["codecs"].items():
+            total[codec] = total.get(codec, 0) + n
+    return dict(sorted(total.items()))
+
+
+def save_manifest(path: Path, m: dict) -> Path:
+    """Write a manifest dict atomically (temp file, fsync, rename)."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
         json.dump(m, f, indent=1)

@@ -9,6 +9,8 @@ from typing import Optional, Sequence
 
 from amd_fast.errors import InputError
 
+from .synthetic import CONTENTS, SyntheticSpec
+
 class ShardOptionsError(InputError):
     """An invalid combination of shard-tool options (the message names the option and the fix)."""
 
@@ -32,9 +34,32 @@ DEFAULT_SPLITS = {
 # unless --overwrite. (workers, max_failures, verify, progress only change how we build.)
 CONTENT_FIELDS = (
     "src", "root", "list_file", "classes_file", "samples_per_shard", "shard_bytes", "codec",
-    "short_side", "gop", "limit", "seed", "fold",
-    "synthetic_count", "synthetic_frames", "synthetic_size", "synthetic_classes",
+    "short_side", "gop", "limit", "seed", "fold", "preset",
+    "synthetic_count", "synthetic_frames", "synthetic_size", "synthetic_classes", "synthetic_content",
+    "synthetic_min_frames",
 )
+
+# Re-encoding presets for decode-efficient training shards (the options a preset sets are filled in only
+# where the command line leaves them unset). Every choice and its cost, measured by `bench/throughput.py
+# --parts gop` (README "Decode-efficient shards"):
+# - codec: h264 for NVDEC (DALI 'mixed' on a GPU, the fastest decoder we have); vp9 for DALI's CPU
+#   decoder, which has no H.264. yuv420p and a constant frame rate always (encode_frames numbers frames).
+# - short side 320: VideoMAE's Kinetics preprocessing; 224 crops are cut from it, and decoding 320p
+#   instead of the sources' 360p-1080p costs 1.3-11x fewer pixels per frame.
+# - GOP: a clip must be decoded from the keyframe before its first frame, so a GOP of g adds (g-1)/2
+#   frames on average to the clip's span; preset_gop() picks the power of two nearest span/4 (span 61
+#   for 16 frames at stride 4 -> GOP 16: +12% decode, where YouTube GOPs of ~250 frames add +200%).
+#   Shorter GOPs cost bytes (keyframes are 5-10x larger than inter frames).
+PRESETS = {
+    "nvdec": {"codec": "h264", "short_side": 320},
+    "cpu": {"codec": "vp9", "short_side": 320},
+}
+DEFAULT_CLIP_SPAN = 61  # frames a VideoMAE / AMD Kinetics clip covers: (16 - 1) * 4 + 1
+
+
+def preset_gop(clip_span: int) -> int:
+    """Keyframe interval for clips spanning ``clip_span`` frames: the power of two nearest span / 4 (2..64)."""
+    return int(min(64, max(2, 2 ** round(math.log2(max(clip_span, 1) / 4)))))
 
 
 @dataclass
@@ -70,16 +95,28 @@ class ShardOptions:
     max_failures: Optional[int] = None
     verify: bool = False
     progress: bool = True
+    preset: Optional[str] = None
+    clip_span: int = DEFAULT_CLIP_SPAN
     synthetic_count: int = 320
     synthetic_frames: int = 32
     synthetic_size: int = 80
     synthetic_classes: int = 4
+    synthetic_content: str = "shapes"
+    synthetic_min_frames: Optional[int] = None
 
     def resolved(self) -> "ShardOptions":
         """A validated copy with defaults filled in (codec, out, splits, absolute paths)."""
         o = dataclasses.replace(self)
         if o.src not in SOURCES:
             raise ShardOptionsError(f"unknown --src {o.src!r}; choose one of {', '.join(SOURCES)}")
+        if o.preset is not None:
+            if o.preset not in PRESETS:
+                raise ShardOptionsError(f"unknown --preset {o.preset!r}; choose one of {', '.join(PRESETS)}")
+            if o.clip_span < 1:
+                raise ShardOptionsError("--clip-span must be >= 1 (frames a training clip covers)")
+            for key, value in {**PRESETS[o.preset], "gop": preset_gop(o.clip_span)}.items():
+                if getattr(o, key) is None:
+                    setattr(o, key, value)
         if o.codec is None:
             o.codec = "vp9" if o.src == "synthetic" else "copy"
         if o.codec not in CODECS:
@@ -115,6 +152,11 @@ class ShardOptions:
                 raise ShardOptionsError("synthetic classes must be in 2..360 (one motion direction each)")
             if o.synthetic_size % 2:
                 raise ShardOptionsError("synthetic size must be even (yuv420p)")
+            if o.synthetic_content not in CONTENTS:
+                raise ShardOptionsError(f"unknown --synthetic-content {o.synthetic_content!r}; choose one of "
+                                        f"{', '.join(CONTENTS)}")
+            if o.synthetic_min_frames is not None and not 2 <= o.synthetic_min_frames <= o.synthetic_frames:
+                raise ShardOptionsError("--synthetic-min-frames must be in 2..--synthetic-frames")
         if o.src in ("hmdb51", "ucf101") and o.fold not in (1, 2, 3):
             raise ShardOptionsError("--fold must be 1, 2 or 3 (the official HMDB51/UCF101 splits)")
         return o
@@ -135,3 +177,10 @@ class ShardOptions:
                 if k.startswith("synthetic_"):
                     del d[k]
         return d
+
+    def synthetic_spec(self) -> Optional[SyntheticSpec]:
+        """What ``--src synthetic`` renders (None for the other sources)."""
+        if self.src != "synthetic":
+            return None
+        return SyntheticSpec(self.synthetic_content, self.synthetic_classes, self.synthetic_frames,
+                             self.synthetic_size, self.synthetic_min_frames)

@@ -3,7 +3,8 @@
 Checks per split: manifest valid; each tar present with the recorded size and sha256;
 its DALI index matches the tar's members (names, data offsets, sizes); each sample has a
 video, ``.cls``, ``.json`` and ``.clipinfo`` that agree; every video decodes fully and
-its decoded frame count equals the json's ``frames``.
+its decoded frame count equals the json's ``frames``; the samples by codec match the manifest's
+counts. A manifest written before those counts existed gets them recorded (when writable).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import List, Tuple
 
 from .format import CLS_EXT, INFO_EXT, JSON_EXT, VIDEO_EXTS, ClipInfo, clip_info_of, read_index, split_member_name
-from .manifest import read_manifest
+from .manifest import read_manifest, save_manifest, split_codecs
 from .transcode import VideoError, probe_bytes
 from .writer import file_sha256
 
@@ -27,6 +28,7 @@ class VerifyReport:
     shards: int = 0
     samples: int = 0
     problems: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)  # not problems: what verify recorded or could not record
 
     @property
     def ok(self) -> bool:
@@ -56,7 +58,7 @@ def _samples(tar_path: Path):
     return out
 
 
-def _check_shard(folder: Path, shard: dict, classes: list, problems: list, videos: list) -> int:
+def _check_shard(folder: Path, shard: dict, classes: list, problems: list, videos: list, codecs: dict) -> int:
     tar, idx = folder / shard["tar"], folder / shard["index"]
     for p in (tar, idx):
         if not p.is_file():
@@ -96,8 +98,20 @@ def _check_shard(folder: Path, shard: dict, classes: list, problems: list, video
             problems.append(f"{where}: cls {cls} / json label {meta.get('label')!r} disagree with the class list")
         if info != implied:
             problems.append(f"{where}: clipinfo {list(info)} disagrees with the json {list(implied)}")
+        codec = str(meta.get("codec", "unknown"))
+        codecs[codec] = codecs.get(codec, 0) + 1
         videos.append((where, members[vids[0]][2], meta["frames"]))
     return len(samples)
+
+
+def _record_codecs(path: Path, m: dict, report: VerifyReport) -> None:
+    """Write the per-codec sample counts an older manifest lacks (what ``data.backend`` decides from)."""
+    m["codecs"] = split_codecs(m["shards"])
+    try:
+        save_manifest(path, m)
+        report.notes.append(f"{path}: recorded samples by codec {m['codecs']} (the manifest predates them)")
+    except OSError as e:
+        report.notes.append(f"{path}: samples by codec are {m['codecs']}, not recorded ({e.strerror}: read-only?)")
 
 
 def verify_shards(path, manifests=None, workers: int = 0, progress: bool = False) -> VerifyReport:
@@ -122,12 +136,20 @@ def verify_shards(path, manifests=None, workers: int = 0, progress: bool = False
             except ValueError as e:
                 report.problems.append(str(e))
                 continue
+            missing_counts = False
             for shard in tqdm(m["shards"], desc=f"verify {m['split']}", unit="shard", disable=not progress):
                 report.shards += 1
                 videos: list = []
-                report.samples += _check_shard(mp_.parent, shard, m["classes"], report.problems, videos)
+                codecs: dict = {}
+                report.samples += _check_shard(mp_.parent, shard, m["classes"], report.problems, videos, codecs)
                 results = pool.imap(_check_video, videos) if pool else map(_check_video, videos)
                 report.problems += [r for r in results if r]
+                if "codecs" not in shard:
+                    shard["codecs"], missing_counts = dict(sorted(codecs.items())), True
+                elif shard["codecs"] != codecs:
+                    report.problems.append(f"{shard['tar']}: samples by codec {codecs}, manifest says {shard['codecs']}")
+            if missing_counts:
+                _record_codecs(mp_, m, report)
     finally:
         if pool:
             pool.close()

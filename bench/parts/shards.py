@@ -1,8 +1,15 @@
-"""Which shards the loaders and train parts read: ``--shards`` or a small synthetic set built once.
+"""Which shards the bench reads: ``--shards``, or sets it builds once with the shard tool users run.
 
-The synthetic set is made by :func:`amd_fast.shard.build_shards` (the same code users run),
-VP9 so that both DALI decoders (CPU and NVDEC) can read it. Its folder name carries the
-build settings, so a rerun with the same settings reuses it and never mixes two datasets.
+* realistic (default for the loaders part): ``--src synthetic --synthetic-content scenes``: a camera
+  panning over natural-statistics scenes, short side 320 (426x320), 250-300 frames at 25 fps (10-12 s),
+  at camera-video bitrates (VP9 ~20-65 kB/s), encoded with the training preset of the device: ``--preset
+  cpu`` (VP9, GOP 16) on CPU, where DALI's decoder has no H.264; on CUDA both ``--preset nvdec`` (H.264)
+  and ``--preset cpu`` (VP9, the codec both DALI decoders take).
+* quick (``--quick``): small moving-shape clips (128 px, 48 frames), seconds to build and to read.
+* GOP sweep: the realistic scenes (fewer videos) re-encoded at each GOP of ``--gops``.
+
+Folder names carry the build settings, so a rerun with the same settings reuses a set and never mixes
+two. All are git-ignored under ``shards/``.
 """
 from __future__ import annotations
 
@@ -18,12 +25,8 @@ log = logging.getLogger("bench.shards")
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Clips long enough for the sampled span (num_frames x sampling_rate) with room to jitter,
-# and a short side a little above the crop, as in Kinetics shards resized to short side 256.
-SYNTHETIC = {
-    "cuda": dict(synthetic_count=160, synthetic_frames=80, synthetic_size=256, gop=16),
-    "cpu": dict(synthetic_count=80, synthetic_frames=48, synthetic_size=128, gop=16),
-}
+REALISTIC = dict(synthetic_content="scenes", synthetic_size=320, synthetic_frames=300, synthetic_min_frames=250)
+QUICK = dict(synthetic_content="shapes", synthetic_size=128, synthetic_frames=48, gop=16)
 
 
 def manifest_path(shards: Path, split: str) -> Path:
@@ -31,26 +34,49 @@ def manifest_path(shards: Path, split: str) -> Path:
     return shards if shards.is_file() else shards / f"{split}.manifest.json"
 
 
-def resolve(args, device: torch.device) -> Path:
-    """The shard folder to read; builds the synthetic one if ``--shards`` was not given."""
+def _build(name: str, count: int, **options) -> Path:
+    from amd_fast.shard import ShardOptions, build_shards
+
+    out = ROOT / "shards" / name
+    if not manifest_path(out, "train").exists():
+        log.info("building bench shards %s (once; reused later)", out)
+    build_shards(ShardOptions(src="synthetic", out=out, splits=("train",), samples_per_shard=32, seed=0,
+                              progress=True, workers=os.cpu_count() or 1, synthetic_count=count, **options))
+    return out
+
+
+def realistic(codec: str, count: int = 24) -> Path:
+    """The realistic set in ``codec`` ('vp9' -> --preset cpu, 'h264' -> --preset nvdec)."""
+    preset = {"vp9": "cpu", "h264": "nvdec"}[codec]
+    return _build(f"bench-scenes-320p-{codec}-{count}", count, preset=preset, **REALISTIC)
+
+
+def quick() -> Path:
+    return _build("bench-shapes-128px-48f-80", 80, codec="vp9", **QUICK)
+
+
+def gop_set(codec: str, gop: int, count: int) -> Path:
+    """The realistic scenes at keyframe interval ``gop`` (short side 320, as the presets)."""
+    return _build(f"bench-scenes-320p-{codec}-gop{gop}-{count}", count, codec=codec, short_side=320, gop=gop,
+                  **REALISTIC)
+
+
+def loader_sets(args, device: torch.device) -> dict:
+    """codec -> shard folder the loaders part reads."""
     if args.shards is not None:
         m = manifest_path(args.shards, args.split)
         if not m.exists():
-            raise InputError(
-                f"--shards {args.shards}: no {m.name} there; build shards with "
-                f"`python -m amd_fast.shard ... --out {args.shards}` or pass the folder that holds the manifest")
-        return Path(args.shards)
-    from amd_fast.shard import ShardOptions, build_shards
+            raise InputError(f"--shards {args.shards}: no {m.name} there; build shards with "
+                             f"`python -m amd_fast.shard ... --out {args.shards}` or pass the folder that holds the "
+                             "manifest")
+        return {"yours": Path(args.shards)}
+    if args.quick:
+        return {"vp9": quick()}
+    codecs = ("h264", "vp9") if device.type == "cuda" else ("vp9",)
+    return {c: realistic(c) for c in codecs}
 
-    spec = SYNTHETIC[device.type]
-    out = ROOT / "shards" / (f"bench-synthetic-{spec['synthetic_size']}px-{spec['synthetic_frames']}f"
-                             f"-{spec['synthetic_count']}")
-    if not manifest_path(out, args.split).exists():
-        log.info("building synthetic VP9 bench shards in %s (once; reused later)", out)
-    opts = ShardOptions(src="synthetic", out=out, splits=("train", "val"), codec="vp9",
-                        samples_per_shard=32, seed=0, progress=True, workers=os.cpu_count() or 1, **spec)
-    manifests = build_shards(opts)  # resumes / no-ops when already complete
-    if args.split not in manifests:
-        raise InputError(f"--split {args.split}: the synthetic bench shards have {sorted(manifests)}; "
-                         "use --split train")
-    return out
+
+def resolve(args, device: torch.device) -> Path:
+    """The one shard folder the train part reads (its loaders need one: VP9, which every DALI decoder takes)."""
+    sets = loader_sets(args, device)
+    return sets.get("yours") or sets.get("vp9")
