@@ -405,8 +405,10 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
             raise ConfigError(f"config file {p} does not exist; see configs/ for examples")
         try:
             raw = yaml.safe_load(p.read_text()) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{p}: not a YAML text file ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not a YAML text file ({e.reason} at byte {e.start})") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({e})") from None
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{p}: the top level must be a mapping of sections ({', '.join(SECTIONS)})")
     return build_config(raw, overrides)

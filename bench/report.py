@@ -90,12 +90,12 @@ def _spread(e: dict, key: str) -> str:
 # ----------------------------------------------------------------------------- ratios
 
 
-def kernel_speedups(entries: list[dict]) -> dict[tuple[str, str], dict[str, float]]:
-    """(op, shape) -> {impl: amd_reference time / impl time} for the measured kernel rows."""
-    by_key: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+def kernel_speedups(entries: list[dict]) -> dict[tuple, dict[str, float]]:
+    """(op, shape, batch) -> {impl: amd_reference time / impl time} for the measured kernel rows."""
+    by_key: dict[tuple, dict[str, float]] = defaultdict(dict)
     for e in entries:
         if e["part"] == "kernels" and e.get("ms_median"):
-            by_key[(e["op"], e["shape"])][e["impl"]] = e["ms_median"]
+            by_key[(e["op"], e["shape"], e.get("batch"))][e["impl"]] = e["ms_median"]
     out = {}
     for key, times in by_key.items():
         ref = times.get("amd_reference")
@@ -178,7 +178,7 @@ def _md_kernels(entries: list[dict]) -> str:
     speed = kernel_speedups(entries)
     rows = []
     for e in entries:
-        ratio = speed.get((e["op"], e["shape"]), {}).get(e["impl"])
+        ratio = speed.get((e["op"], e["shape"], e.get("batch")), {}).get(e["impl"])
         rows.append([e["op"], e["shape"], str(e.get("batch", "–")), e["impl"], _fmt(e.get("ms_median")),
                      _spread(e, "ms_spread"), f"×{_fmt(ratio)}" if ratio else "–",
                      f"{_bytes(e.get('bytes_modeled'))} / {_bytes(e.get('bytes_modeled_reference'))}",

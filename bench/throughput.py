@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--loader-pipelines", type=_int_list, default=None,
                    help="DALI pipelines per rank to compare (default: cuda 1,2,4,7; cpu 1)")
     g.add_argument("--num-sample", type=int, default=None, help="crops per decoded video (default: 4; quick 1)")
+    g.add_argument("--loader-videos", type=int, default=None, help="videos in the realistic sets (default: 24)")
     g.add_argument("--gops", type=_int_list, default=None, help="GOP sweep (default: 1,4,8,16,32,256)")
     g.add_argument("--loader-batch-size", type=int, default=None, help="videos per batch (default: cuda 16, cpu 4)")
     g.add_argument("--loader-batches", type=int, default=None, help="timed batches per repeat (default: cuda 20, cpu 12)")
@@ -96,10 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sampling-rate", type=int, default=None, help="frame stride (default: 4; quick 2)")
     g.add_argument("--decode-videos", type=int, default=None, help="videos decoded for the decode limit (default: 16)")
     g = p.add_argument_group("kernels")
-    g.add_argument("--kernel-batch", type=int, default=None,
-                   help="batch B for the kernel shapes (default: 32)")
-    g.add_argument("--kernel-shapes", type=_str_list, default=None, help="default: vit_s,vit_b")
-    g.add_argument("--kernel-ops", type=_str_list, default=None, help="default: masked_gather,align_loss,norm_pixel_loss")
+    g.add_argument("--kernel-batch", type=_int_list, default=None,
+                   help="batches B for the kernel shapes, comma separated (default: cuda 32,64; cpu 32)")
+    g.add_argument("--kernel-shapes", type=_str_list, default=None, help="default: cuda vit_s,vit_b,vit_l; cpu vit_s,vit_b")
+    g.add_argument("--kernel-ops", type=_str_list, default=None,
+                   help="default: masked_gather,masked_gather_strided,align_loss,norm_pixel_loss")
     g = p.add_argument_group("train")
     g.add_argument("--train-models", type=_str_list, default=None,
                    help="student:teacher arch pairs (default: cuda vit_small:vit_large,vit_base:vit_large,"
@@ -134,8 +136,8 @@ def validate(args: argparse.Namespace) -> None:
         raise InputError(f"--loaders: unknown {unknown}; choose from dali,eager,torchcodec,decord")
     if args.shards is None and args.split != "train":
         raise InputError("--split: the bench's own shards have a train split only; pass --shards for others")
-    for name in ("repeats", "kernel_batch", "loader_batch_size", "loader_batches", "train_steps", "train_batch_size",
-                 "train_num_sample", "train_workers", "num_sample"):
+    for name in ("repeats", "loader_batch_size", "loader_batches", "train_steps", "train_batch_size",
+                 "train_num_sample", "train_workers", "num_sample", "loader_videos"):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1 (got {v})")
@@ -164,11 +166,11 @@ def summary(record: dict, paths: dict, seconds: float) -> str:
             lines.append(f"gop {e['gop']:>4} {e['loader']:<6}: {e['clips_per_s']:6.1f} clips/s, "
                          f"{1000 * e['cpu_s_per_clip']:6.1f} CPU ms/clip, {e['bytes_per_video'] / 1e3:7.0f} kB/video, "
                          f"{e['decoded_per_delivered_frame']:.2f} decoded frames per clip frame")
-    for (op, shape), ratios in sorted(report.kernel_speedups(entries).items()):
+    for (op, shape, batch), ratios in sorted(report.kernel_speedups(entries).items()):
         others = ", ".join(f"{impl} ×{r:.2f}" for impl, r in ratios.items() if impl != "amd_reference")
-        ref = next(e for e in entries if e["part"] == "kernels" and (e["op"], e["shape"]) == (op, shape)
+        ref = next(e for e in entries if e["part"] == "kernels" and (e["op"], e["shape"], e.get("batch")) == (op, shape, batch)
                    and e["impl"] == "amd_reference")
-        lines.append(f"kernels  {op:<16} {shape:<5} ref {ref['ms_median']:8.2f} ms; speed-up vs ref: {others}")
+        lines.append(f"kernels  {op:<21} {shape:<5} B={batch:<3} ref {ref['ms_median']:8.2f} ms; speed-up vs ref: {others}")
     for e in entries:
         if e["part"] == "train" and e.get("clips_per_s"):
             wait = e.get("data_wait_fraction")
@@ -201,7 +203,7 @@ def bench(args: argparse.Namespace) -> int:
 
     failed: list[str] = []
     shards = None
-    if any(p in args.parts for p in ("loaders", "train")):
+    if "train" in args.parts:
         from bench.parts import shards as shard_part
 
         shards = shard_part.resolve(args, device)

@@ -176,6 +176,17 @@ _PEAK_BANDWIDTH = (
 )
 
 
+def copy_bandwidth(device: torch.device | str, nbytes: int = 1 << 30, repeats: int = 5) -> float:
+    """Bytes/s of a device-to-device ``copy_`` of ``nbytes`` (read + write counted), median of ``repeats``:
+    the bandwidth a memory-bound kernel can really reach on this device, measured in the same run."""
+    device = torch.device(device)
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    t = time_fn(lambda: dst.copy_(src), device=device, warmup=2, repeats=repeats)
+    del src, dst
+    return 2 * nbytes / t.median
+
+
 def peak_bandwidth(device: torch.device | str) -> float | None:
     """The device's published peak memory bandwidth in bytes/s, or None when unknown (CPU, other GPUs)."""
     device = torch.device(device)

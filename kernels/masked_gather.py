@@ -19,6 +19,10 @@ rows = B·K·C·e, full = B·N·C·e):
   Student input at B=32, N=1568, K=160, bf16 (the dense grad_x zero-fill is common to both and dominates):
     ViT-S (C=384): ours 58.3 MB, reference 132.6 MB → 2.3× fewer bytes (ideal 17 µs on an H100 at 3.35 TB/s)
     ViT-B (C=768): ours 116.5 MB, reference 265.2 MB → 2.3×
+  Input layout: x must be token-major (each token's C values contiguous) for the reads above. Tokens as a
+  Conv3d over a channels-first clip leaves them (strides (N*C, 1, N)) cost a memory sector per value:
+  :func:`strided_bytes_moved` (ViT-S, B=32: the forward reads the whole 38.5 MB tensor for 3.9 MB of kept
+  rows). The loaders deliver channels-last clips, for which the patch embedding's output is token-major.
   Run ``python -m amd_fast.kernels.masked_gather`` for the table.
 """
 from __future__ import annotations
@@ -162,6 +166,20 @@ def bytes_moved(batch: int, tokens: int, kept: int, dim: int, dtype=torch.bfloat
     if pos_grad:
         bwd += tokens * dim * 4 * 2
     return fwd + bwd
+
+
+def strided_bytes_moved(batch: int, tokens: int, kept: int, dim: int, dtype=torch.bfloat16, sector: int = 32) -> int:
+    """The same fwd+bwd when x comes as a Conv3d over a channels-first clip leaves it: (B, N, C) with strides
+    (N*C, 1, N), each token's C values N elements apart. Memory moves in ``sector``-byte sectors: for each
+    (b, c) the K kept ids touch ``min(K, N*e/sector)`` distinct sectors of that channel's row of N values
+    (sorted ids ~N/K apart), so the forward pulls ``B*C*min(K, N*e/sector)*sector`` bytes for ``B*K*C*e``
+    useful ones (at the AMD shapes all sectors: the whole tensor). The loaders' channels-last clips avoid it
+    (the tokens come token-major; models/vit.py)."""
+    e = torch.empty((), dtype=dtype).element_size()
+    rows = batch * kept * dim * e
+    sectors = min(kept, -(-tokens * e // sector))
+    fwd = batch * dim * sectors * sector + rows * 2 + batch * kept * 8
+    return fwd + bytes_moved(batch, tokens, kept, dim, dtype) - (rows * 3 + batch * kept * 8)
 
 
 def reference_bytes_moved(batch: int, tokens: int, kept: int, dim: int, dtype=torch.bfloat16,

@@ -41,7 +41,7 @@ def test_kernels_part_tiny_run_writes_every_op_shape_impl(tmp_path):
     for key in ("torch", "triton", "dali", "av", "cpu_model", "date", "device"):
         assert key in env
     rows = {(e["op"], e["shape"], e["impl"]): e for e in rec["entries"] if e["part"] == "kernels"}
-    ops = {"masked_gather", "align_loss", "norm_pixel_loss"}
+    ops = {"masked_gather", "masked_gather_strided", "align_loss", "norm_pixel_loss"}
     assert {k[0] for k in rows} == ops
     assert {k[1] for k in rows} == {"vit_s", "vit_b"}
     for op in ops:
@@ -94,7 +94,7 @@ def test_speedups_are_reference_over_impl_and_fast_over_eager():
         {"part": "train", "model": "m", "path": "fast", "clips_per_s": 6.0},
         {"part": "train", "model": "m", "path": "eager", "clips_per_s": 2.0},
     ]
-    assert report.kernel_speedups(entries) == {("a", "s"): {"amd_reference": 1.0, "eager": 2.5}}
+    assert report.kernel_speedups(entries) == {("a", "s", None): {"amd_reference": 1.0, "eager": 2.5}}
     assert report.loader_speedups(entries) == {("vp9", 2, "eager"): (3.0, pytest.approx(1.5))}
     assert report.train_speedups(entries) == {"m": 3.0}
 
@@ -151,3 +151,21 @@ def test_decoded_frames_per_delivered_frame_is_computed_from_gop_and_span():
     assert decoded_per_delivered([61], gop=16, num_frames=16, stride=4, num_sample=4) == pytest.approx(61 / 64)
     # starts 0..3 with GOP 2: lead-ins 0, 1, 0, 1
     assert decoded_per_delivered([64], gop=2, num_frames=16, stride=4, num_sample=1) == pytest.approx(61.5 / 16)
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_on_cpu_skipping_gpu_parts(tmp_path):
+    """bench/gpu_check.sh, the prepared device check, on this CPU machine: the gpu tests skip, the bench runs
+    its quick mode, every GPU-only number is "not measured", and the folder holds the JSON, MD and PNG."""
+    out = tmp_path / "check"
+    r = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), str(out)], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=900, env={**__import__("os").environ, "PYTHON": sys.executable})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    tests = (out / "gpu-tests.txt").read_text()
+    assert "skipped" in tests and "failed" not in tests and (out / "gpu-tests.xml").exists()
+    (record,) = [json.loads(p.read_text()) for p in out.glob("cpu-*.json")]
+    assert {e["part"] for e in record["entries"]} == {"kernels", "train", "loaders"}
+    assert all(e["ms_median"] is None and "not measured" in e["status"]
+               for e in record["entries"] if e["part"] == "kernels" and e["impl"] == "triton")
+    assert list(out.glob("cpu-*.md")) and list(out.glob("cpu-*.png"))
+    assert "done: tests rc=0, bench rc=0" in (out / "gpu-check.log").read_text()

@@ -76,6 +76,7 @@ def test_both_loaders_give_the_same_frames_in_eval_mode(synthetic_shards, rate):
 def test_bf16_output(synthetic_shards, backend):
     b = next(iter(build_loader(cfg_for(synthetic_shards, backend, split="val", dtype="bfloat16"))))
     assert b["video"].dtype == torch.bfloat16 and b["video"].shape == (4, 3, 8, 64, 64)
+    assert b["video"].is_contiguous(memory_format=torch.channels_last_3d)  # T, H, W, C in memory
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

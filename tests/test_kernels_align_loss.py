@@ -3,6 +3,12 @@ import pytest
 import torch
 
 from amd_fast.kernels import align_loss as al
+from tests.devices import triton_on_cuda
+
+
+@pytest.fixture(autouse=True)
+def _compiled_on_cuda(monkeypatch):
+    triton_on_cuda(monkeypatch, al, ["align_loss_triton"])
 
 
 def _elementwise(d, kind):

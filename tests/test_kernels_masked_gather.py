@@ -3,6 +3,12 @@ import pytest
 import torch
 
 from amd_fast.kernels import masked_gather as mg
+from tests.devices import triton_on_cuda
+
+
+@pytest.fixture(autouse=True)
+def _compiled_on_cuda(monkeypatch):
+    triton_on_cuda(monkeypatch, mg, ["masked_gather_triton"])
 
 
 def _reference(x, idx, pos):

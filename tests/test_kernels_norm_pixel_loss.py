@@ -4,6 +4,12 @@ import pytest
 import torch
 
 from amd_fast.kernels import norm_pixel_loss as npl
+from tests.devices import triton_on_cuda
+
+
+@pytest.fixture(autouse=True)
+def _compiled_on_cuda(monkeypatch):
+    triton_on_cuda(monkeypatch, npl, ["norm_pixel_loss_triton"])
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

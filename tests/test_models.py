@@ -132,3 +132,15 @@ def test_key_bias_stays_exactly_zero_under_adamw(eager_ops):
         d = b.numel() // 3
         assert torch.count_nonzero(b[d:2 * d]) == 0, name
         assert torch.count_nonzero(b[:d]) > 0, name  # q and v biases do train
+
+
+def test_channels_last_clips_give_token_major_embeddings_without_a_copy():
+    """The loaders deliver channels-last-3d clips; the Conv3d patch embedding then writes (B, N, C) token-major,
+    so the masked gather reads whole token rows and PatchEmbed's .contiguous() copies nothing."""
+    student = build_student(tiny_model_config())
+    seen = {}
+    student.encoder.patch_embed.proj.register_forward_hook(lambda m, i, o: seen.update(ptr=o.data_ptr()))
+    video = tiny_video().contiguous(memory_format=torch.channels_last_3d)
+    tokens = student.encoder.patch_embed(video)
+    assert tokens.is_contiguous() and tokens.data_ptr() == seen["ptr"]
+    assert torch.allclose(tokens, student.encoder.patch_embed(video.contiguous()), atol=1e-6)

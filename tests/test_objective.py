@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from amd_fast import ops
 from amd_fast.masking import MaskConfig, generate_masks
 from amd_fast.models import AMDObjective, LossConfig, build_student, build_teacher
 from tests.model_fixtures import eager_ops, tiny_model_config, tiny_video  # noqa: F401 (fixture)
@@ -170,11 +171,15 @@ def test_triton_ops_match_eager_end_to_end(monkeypatch):
     torch.manual_seed(0)
     cfg = tiny_model_config()
     student, teacher = build_student(cfg).to(device), build_teacher(cfg).to(device)
-    objective = AMDObjective(student, teacher, MaskConfig(), LossConfig())
     video = tiny_video(cfg=cfg).to(device)
-    results = {}
+    results, calls = {}, []
+    for mod, name in ((ops._gather, "masked_gather_triton"), (ops._align, "align_loss_triton"),
+                      (ops._pixel, "norm_pixel_loss_triton")):  # count the kernel calls: the triton pass must use them
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _real=real, _n=name, **k: calls.append(_n) or _real(*a, **k))
     for impl in ("eager", "triton"):
-        monkeypatch.setenv("AMD_FAST_OPS", impl)
+        student.ops_impl = teacher.ops_impl = impl  # the choice travels with the models and the objective
+        objective = AMDObjective(student, teacher, MaskConfig(), LossConfig(), ops_impl=impl)
         student.zero_grad()
         loss, terms = objective(video, generator=torch.Generator(device).manual_seed(0))
         loss.backward()
@@ -183,6 +188,9 @@ def test_triton_ops_match_eager_end_to_end(monkeypatch):
         assert torch.allclose(results["eager"][0][k], results["triton"][0][k], rtol=1e-5, atol=1e-6), k
     for a, b in zip(results["eager"][1], results["triton"][1]):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    # student gather + teacher gather, the pixel loss and the two alignment losses: all Triton on that pass
+    assert sorted(set(calls)) == ["align_loss_triton", "masked_gather_triton", "norm_pixel_loss_triton"]
+    assert calls.count("masked_gather_triton") == 2 and calls.count("align_loss_triton") == 2
 
 
 @pytest.mark.gpu

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from amd_fast import ops
+from tests.devices import HAS_CUDA, KERNEL_DEVICE
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +52,7 @@ def test_triton_on_cpu_without_interpreter_names_the_fix(monkeypatch):
 
 
 def test_interpreter_detected_under_tests():
-    assert ops.triton_interpreted()
+    assert ops.triton_interpreted() == (not HAS_CUDA)  # conftest: interpreted on CPU, compiled on a GPU
 
 
 def test_choice_logged_once(caplog):
@@ -65,19 +66,20 @@ def test_choice_logged_once(caplog):
 
 def test_public_ops_agree_across_impls():
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 8, 5, generator=g)
-    pos = torch.randn(1, 8, 5, generator=g)
-    idx = torch.tensor([[0, 3, 7], [1, 2, 6]])
+    dev = KERNEL_DEVICE  # Triton: compiled on CUDA, interpreted on CPU
+    x = torch.randn(2, 8, 5, generator=g).to(dev)
+    pos = torch.randn(1, 8, 5, generator=g).to(dev)
+    idx = torch.tensor([[0, 3, 7], [1, 2, 6]], device=dev)
     torch.testing.assert_close(ops.masked_gather(x, idx, pos, impl="triton"), ops.masked_gather(x, idx, pos, impl="eager"))
 
-    s = [torch.randn(2, 3, 5, generator=g), torch.randn(2, 4, 6, generator=g)]
-    t = [torch.randn(2, 3, 5, generator=g), torch.randn(2, 4, 6, generator=g)]
+    s = [torch.randn(2, 3, 5, generator=g).to(dev), torch.randn(2, 4, 6, generator=g).to(dev)]
+    t = [torch.randn(2, 3, 5, generator=g).to(dev), torch.randn(2, 4, 6, generator=g).to(dev)]
     for kind in ("l2", "l1", "smooth_l1"):
         torch.testing.assert_close(ops.align_loss(s, t, kind, impl="triton"), ops.align_loss(s, t, kind, impl="eager"))
 
-    video = torch.randn(2, 3, 2, 4, 4, generator=g)
-    mask_idx = torch.tensor([[0, 3], [1, 2]])
-    pred = torch.randn(2, 2, 2 * 2 * 2 * 3, generator=g)
+    video = torch.randn(2, 3, 2, 4, 4, generator=g).to(dev)
+    mask_idx = torch.tensor([[0, 3], [1, 2]], device=dev)
+    pred = torch.randn(2, 2, 2 * 2 * 2 * 3, generator=g).to(dev)
     for norm in (True, False):
         kw = dict(tubelet=2, patch=2, normalize_target=norm)
         torch.testing.assert_close(ops.norm_pixel_loss(video, mask_idx, pred, impl="triton", **kw),

@@ -236,3 +236,15 @@ def test_crash_during_rebuild_leaves_no_stale_manifest(tmp_path, monkeypatch):
     rep = build_shards_report(_syn(out, splits=("train",)))
     assert (rep.splits["train"].shards_kept, rep.splits["train"].encoded) == (3, 4)
     assert verify_shards(out).ok
+
+
+def test_presets_fill_unset_options_and_explicit_ones_win():
+    from amd_fast.shard.options import preset_gop
+
+    o = ShardOptions(src="kinetics400", root="/data", preset="nvdec").resolved()
+    assert (o.codec, o.short_side, o.gop) == ("h264", 320, 32)  # span 61 (16 frames x stride 4) -> GOP 32
+    o = ShardOptions(src="kinetics400", root="/data", preset="cpu", clip_span=31, gop=4).resolved()
+    assert (o.codec, o.short_side, o.gop) == ("vp9", 320, 4)  # an explicit --gop wins over the preset's
+    assert preset_gop(31) == 16 and preset_gop(1) == 2 and preset_gop(1000) == 64
+    with pytest.raises(ValueError, match="--preset"):
+        ShardOptions(src="kinetics400", root="/data", preset="gpu").resolved()

@@ -2,6 +2,8 @@
 
 ``build_loader(cfg, rank, world_size)`` returns an iterable of
 ``{'video': (B*num_sample, 3, T, S, S) float on cfg.device (ImageNet-normalized), 'label': (B*num_sample,) int64}``
+(the video with channels-last-3d strides, i.e. T, H, W, C in memory: the decoders' own layout, and the one
+in which the models' Conv3d patch embedding yields token-major ``(B, N, C)`` output without a copy)
 with ``len()`` (batches per epoch, the same on every rank),
 ``set_epoch(e)``, ``state_dict()`` / ``load_state_dict()`` ({epoch, batch, seed, backend}),
 ``backend`` ('dali' | 'eager') and ``bad_samples`` (counts by reason).

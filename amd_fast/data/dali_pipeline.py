@@ -9,10 +9,12 @@ What runs where:
 - The DALI graph, per sample: ``fn.decoders.video`` decodes the clip's distinct frames (from the
   keyframe before the first one: the shards' GOP sets the waste, see ``--preset``),
   ``fn.sequence_rearrange`` repeats the last reachable frame where the video is too short, and per crop
-  ``fn.resize`` (crop box as ROI, bilinear, antialiased) + ``fn.crop_mirror_normalize`` (flip, CFHW
-  layout) emit uint8 clips. On CUDA everything after the bytes runs on the GPU.
-- torch: the uint8 batch is copied once into a torch tensor on the device (device-to-device on CUDA)
-  and normalized there (``sampling.normalize_clips``), exactly as the eager loader does.
+  one ``fn.resize`` (the crop box as its ROI, reversed in x for a flip; bilinear, antialiased) emits a
+  uint8 ``(T, S, S, 3)`` clip, in the decoder's own channels-last layout: no transpose pass. On CUDA
+  everything after the bytes runs on the GPU.
+- torch: the uint8 batch is copied once into a torch tensor on the device (device-to-device on CUDA),
+  viewed as ``(clips, 3, T, S, S)`` with channels-last-3d strides and normalized there
+  (``sampling.normalize_clips``), exactly as the eager loader does.
 
 Several pipelines per rank (``data.dali_pipelines``; one NVDEC engine per pipeline in practice, and an
 H100 has seven): batch ``k`` of the epoch is decoded by pipeline ``k % P``, and the batches are handed
@@ -63,13 +65,13 @@ def auto_pipelines(device: torch.device) -> int:
 
 
 def clip_graph(cfg: DataConfig, source, decode_device: str):
-    """The DALI graph (call inside a ``pipeline_def``): external inputs -> (B, num_sample, 3, T, S, S) uint8."""
+    """The DALI graph (call inside a ``pipeline_def``): external inputs -> (B, num_sample, T, S, S, 3) uint8."""
     from nvidia.dali import fn, types
 
     S = cfg.input_size
-    inputs = fn.external_source(source=source, num_outputs=4 + 3 * cfg.num_sample, batch=True,
+    inputs = fn.external_source(source=source, num_outputs=4 + 2 * cfg.num_sample, batch=True,
                                 dtype=[types.UINT8, types.INT32, types.INT32, types.INT32]
-                                + [types.FLOAT, types.FLOAT, types.INT32] * cfg.num_sample)
+                                + [types.FLOAT, types.FLOAT] * cfg.num_sample)
     video, start, distinct, order = inputs[:4]
     # Decode only the distinct frames start, start+step, ... and repeat the last one in-graph. Why not frames
     # with repeats in them: DALI seeks again for every repeated index (5-8x slower on a short video), and
@@ -80,10 +82,9 @@ def clip_graph(cfg: DataConfig, source, decode_device: str):
     frames = fn.sequence_rearrange(frames, new_order=order)
     crops = []
     for k in range(cfg.num_sample):  # repeated augmentation: one decode, own crop each
-        roi_start, roi_end, mirror = inputs[4 + 3 * k: 7 + 3 * k]
-        resized = fn.resize(frames, size=[S, S], roi_start=roi_start, roi_end=roi_end, roi_relative=False,
-                            interp_type=types.INTERP_LINEAR, antialias=True)
-        crops.append(fn.crop_mirror_normalize(resized, dtype=types.UINT8, output_layout="CFHW", mirror=mirror))
+        roi_start, roi_end = inputs[4 + 2 * k: 6 + 2 * k]  # x reversed = mirrored (DALI flips a reversed ROI)
+        crops.append(fn.resize(frames, size=[S, S], roi_start=roi_start, roi_end=roi_end, roi_relative=False,
+                               interp_type=types.INTERP_LINEAR, antialias=True))
     return fn.stack(*crops)
 
 
@@ -91,7 +92,8 @@ def plan_inputs(video: bytes, plan: ClipPlan) -> list:
     """One sample's external-source inputs, in clip_graph's order."""
     out = [np.frombuffer(video, dtype=np.uint8), np.int32(plan.start), np.int32(plan.distinct), plan.order]
     for (y0, x0, ch, cw), flip in zip(plan.boxes, plan.flips):
-        out += [np.array([y0, x0], np.float32), np.array([y0 + ch, x0 + cw], np.float32), np.int32(flip)]
+        xa, xb = (x0 + cw, x0) if flip else (x0, x0 + cw)
+        out += [np.array([y0, xa], np.float32), np.array([y0 + ch, xb], np.float32)]
     return out
 
 
@@ -173,11 +175,11 @@ class DaliLoader(LoaderStateMixin):
     def _to_torch(self, video_tl, labels: Sequence[int]) -> dict:
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
-        t = video_tl.as_tensor()  # (B, num_sample, 3, T, S, S) uint8
+        t = video_tl.as_tensor()  # (B, num_sample, T, S, S, 3) uint8
         video = torch.empty(list(t.shape()), dtype=torch.uint8, device=self.device)
         stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
         feed_ndarray(t, video, cuda_stream=stream)  # device-to-device on GPU, no host round trip
-        video = normalize_clips(video.flatten(0, 1), self.out_dtype)
+        video = normalize_clips(video.flatten(0, 1).permute(0, 4, 1, 2, 3), self.out_dtype)
         label = torch.tensor(labels, dtype=torch.int64).to(self.device, non_blocking=True)
         return {"video": video, "label": label.repeat_interleave(self.cfg.num_sample)}
 

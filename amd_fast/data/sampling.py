@@ -137,8 +137,8 @@ def plan_clip(cfg, num_video_frames: int, height: int, width: int, rng: np.rando
 
 
 def normalize_clips(video_u8, dtype):
-    """uint8 clips (any layout, channels on dim 1) -> ImageNet-normalized ``dtype``, where they lie (both
-    loaders move uint8 to the device first: 4x fewer bytes to copy than float)."""
+    """uint8 clips (channels on dim 1, any strides) -> ImageNet-normalized ``dtype``, where they lie and with
+    the same strides (both loaders move uint8 to the device first: 4x fewer bytes to copy than float)."""
     import torch
 
     key = (str(video_u8.device), video_u8.dim())

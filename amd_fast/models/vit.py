@@ -59,7 +59,10 @@ class PatchEmbed(nn.Module):
                 f"clip is {t}x{h}x{w} (T x H x W) but the model was built for {self.num_frames}x{self.input_size}x"
                 f"{self.input_size}; set model.num_frames / model.input_size to match data.num_frames / data.input_size"
             )
-        return self.proj(video).flatten(2).transpose(1, 2)
+        # Token-major copy: the conv leaves (B, N, C) with strides (N*C, 1, N), and the masked gather that follows
+        # would read each token's C values N elements apart (one memory sector per value). One coalesced
+        # copy of the tokens (read + write B*N*C) is cheaper than that (see kernels/masked_gather.py).
+        return self.proj(video).flatten(2).transpose(1, 2).contiguous()
 
 
 def _zero_key_bias_grad(grad: torch.Tensor, dim: int) -> torch.Tensor:

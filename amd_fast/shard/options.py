@@ -47,9 +47,11 @@ CONTENT_FIELDS = (
 # - short side 320: VideoMAE's Kinetics preprocessing; 224 crops are cut from it, and decoding 320p
 #   instead of the sources' 360p-1080p costs 1.3-11x fewer pixels per frame.
 # - GOP: a clip must be decoded from the keyframe before its first frame, so a GOP of g adds (g-1)/2
-#   frames on average to the clip's span; preset_gop() picks the power of two nearest span/4 (span 61
-#   for 16 frames at stride 4 -> GOP 16: +12% decode, where YouTube GOPs of ~250 frames add +200%).
-#   Shorter GOPs cost bytes (keyframes are 5-10x larger than inter frames).
+#   frames on average to the clip's span, and keyframes cost bytes and decode time (several inter frames
+#   each). preset_gop() picks the power of two nearest span/2: span 61 (16 frames at stride 4) -> GOP 32,
+#   +25% decoded frames where YouTube GOPs of ~250 frames add +150%. Measured on 320p VP9 scenes
+#   (bench/results/cpu-2026-11-26.md, GOP sweep): GOP 32 gave the most clips/s per CPU-second of 1-256
+#   and 391 kB per 11 s video; GOP 16: 3% slower, 544 kB; intra-only: 2.5x slower, 7.2 MB.
 PRESETS = {
     "nvdec": {"codec": "h264", "short_side": 320},
     "cpu": {"codec": "vp9", "short_side": 320},
@@ -58,8 +60,8 @@ DEFAULT_CLIP_SPAN = 61  # frames a VideoMAE / AMD Kinetics clip covers: (16 - 1)
 
 
 def preset_gop(clip_span: int) -> int:
-    """Keyframe interval for clips spanning ``clip_span`` frames: the power of two nearest span / 4 (2..64)."""
-    return int(min(64, max(2, 2 ** round(math.log2(max(clip_span, 1) / 4)))))
+    """Keyframe interval for clips spanning ``clip_span`` frames: the power of two nearest span / 2 (2..64)."""
+    return int(min(64, max(2, 2 ** round(math.log2(max(clip_span, 1) / 2)))))
 
 
 @dataclass

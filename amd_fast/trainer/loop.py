@@ -48,6 +48,7 @@ from amd_fast.serialization import atomic_save
 from amd_fast.trainer import checkpoint as ckpt
 from amd_fast.trainer.distributed import (DistInfo, StopVote, gather_to_main, init_distributed, is_timeout,
                                           setup_logging, shutdown, timeout_error)
+from amd_fast.trainer.flops import clip_flops, peak_flops
 from amd_fast.trainer.optim import apply_schedules, build_optimizer, build_schedules
 from amd_fast.trainer.telemetry import Telemetry
 
@@ -318,9 +319,12 @@ class Trainer:
                  info.world_size, self.device, self.total_steps, self.steps_per_epoch, self.global_videos,
                  self.global_clips, cfg.data.num_sample, self.schedules.peak_lr, scaling,
                  "bf16" if self.amp else "off", self.ops_impl or "auto", self.log_dir, self.ckpt_dir)
+        flops = clip_flops(cfg.model, cfg.mask)["total"]
+        peak = peak_flops(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None
         telemetry = Telemetry(info, self.log_dir, log_every=cfg.train.log_every, total_steps=self.total_steps,
                               start_step=self.global_step, clips_per_step=self.global_clips,
-                              tensorboard=cfg.log.tensorboard, progress=cfg.log.progress and info.is_main)
+                              tensorboard=cfg.log.tensorboard, progress=cfg.log.progress and info.is_main,
+                              flops_per_clip=flops, peak_flops=peak)
         stop = _StopRequest(cfg.checkpoint.save_on_signal)
         vote = StopVote(info)
         interrupted = None

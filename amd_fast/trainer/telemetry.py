@@ -7,7 +7,9 @@ in a distributed run, over the ranks, then written by rank 0 to ``metrics.jsonl`
 logged step), TensorBoard (optional) and the tqdm bar / log.
 
 ``clips_per_s`` counts clips (videos x num_sample) over all ranks per second of wall time;
-``data_wait`` is the fraction of that wall time spent blocked in ``next(loader)`` (rank 0's view).
+``data_wait`` is the fraction of that wall time spent blocked in ``next(loader)`` (rank 0's view);
+``tflops`` = clips_per_s x the model FLOPs per clip (``trainer.flops``) / 1e12, and ``mfu`` = that over
+the devices' dense bf16 peak (all ranks), when the device's peak is known (CUDA), as torchtitan logs it.
 
 Besides the per-step rows (which always have ``step`` and ``loss``), :meth:`event` writes rows with an
 ``event`` field (``epoch_end``: bad samples by reason; ``run_end``: the run's totals). A resumed run
@@ -33,8 +35,10 @@ log = logging.getLogger(__name__)
 
 class Telemetry:
     def __init__(self, info: DistInfo, log_dir: Path, *, log_every: int, total_steps: int, start_step: int,
-                 clips_per_step: int, tensorboard: bool, progress: bool):
+                 clips_per_step: int, tensorboard: bool, progress: bool, flops_per_clip: Optional[float] = None,
+                 peak_flops: Optional[float] = None):
         self.info, self.log_every, self.clips_per_step = info, log_every, clips_per_step
+        self.flops_per_clip, self.peak_flops = flops_per_clip, peak_flops
         self.total_steps = total_steps
         self._sums: Optional[torch.Tensor] = None
         self._names: Optional[list] = None
@@ -89,7 +93,12 @@ class Telemetry:
         wall = time.perf_counter() - self._t0
         row = {"step": step, **{k: v for k, v in zip(self._names, values)}, "lr": self._lr,
                "clips_per_s": self.clips_per_step * self._n / max(wall, 1e-9),
-               "data_wait": self._wait / max(wall, 1e-9), "time": time.time()}
+               "data_wait": self._wait / max(wall, 1e-9)}
+        if self.flops_per_clip:
+            row["tflops"] = row["clips_per_s"] * self.flops_per_clip / 1e12
+            if self.peak_flops:
+                row["mfu"] = row["tflops"] * 1e12 / (self.peak_flops * self.info.world_size)
+        row["time"] = time.time()
         self.last = row
         if self.info.is_main:
             self._file.write(json.dumps(row) + "\n")
@@ -100,7 +109,8 @@ class Telemetry:
                         self._tb.add_scalar(f"train/{k}", v, step)
             msg = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("step", "time"))
             if self._bar is not None:
-                self._bar.set_postfix_str(f"loss={row['loss']:.4f} clips/s={row['clips_per_s']:.1f}", refresh=False)
+                mfu = f" mfu={100 * row['mfu']:.0f}%" if "mfu" in row else ""
+                self._bar.set_postfix_str(f"loss={row['loss']:.4f} clips/s={row['clips_per_s']:.1f}{mfu}", refresh=False)
             log.info("step %d/%d %s", step, self.total_steps, msg)
         self._sums, self._n, self._wait = None, 0, 0.0
         self._t0 = time.perf_counter()

@@ -38,7 +38,7 @@ from bench import timing
 
 log = logging.getLogger("bench.kernels")
 
-OPS = ("masked_gather", "align_loss", "norm_pixel_loss")
+OPS = ("masked_gather", "masked_gather_strided", "align_loss", "norm_pixel_loss")
 IMPLS = ("amd_reference", "eager", "triton")
 NOT_MEASURED_CPU = "not measured (no CUDA; interpreter timings are not kernel speed)"
 CPU_PEAK_MEM = ("peak memory not measured on CPU: torch's CPU allocator keeps no peak counter and "
@@ -75,6 +75,7 @@ class KernelShape:
 SHAPES = {
     "vit_s": KernelShape("vit_s", student_dim=384, teacher_dim=1024),
     "vit_b": KernelShape("vit_b", student_dim=768, teacher_dim=1024),
+    "vit_l": KernelShape("vit_l", student_dim=1024, teacher_dim=1024),  # ViT-L widths (the teacher's gather)
 }
 
 
@@ -91,8 +92,9 @@ class Case:
 def settings_for(args, device: torch.device) -> dict:
     cuda = device.type == "cuda"
     return {
-        "kernel_batch": args.kernel_batch or 32,  # the AMD shape (16 x 224^2, B=32) on every device
-        "kernel_shapes": args.kernel_shapes or list(SHAPES),
+        # the AMD shape (16 x 224^2) at B=32 on every device; on CUDA also B=64 (16 videos x 4 clips per GPU)
+        "kernel_batches": args.kernel_batch or ([32, 64] if cuda else [32]),
+        "kernel_shapes": args.kernel_shapes or (list(SHAPES) if cuda else ["vit_s", "vit_b"]),
         "kernel_ops": args.kernel_ops or list(OPS),
         "kernel_dtype": "bfloat16" if cuda else "float32",
         "kernel_repeats": args.repeats or 5,
@@ -118,14 +120,21 @@ def _dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-def _case_masked_gather(shape: KernelShape, batch: int, device, dtype) -> Case:
-    """Student input: (B, 1568, D_s) patch tokens + fixed sinusoid pos -> the 160 visible tokens."""
+def _case_masked_gather(shape: KernelShape, batch: int, device, dtype, strided: bool = False) -> Case:
+    """Student input: (B, 1568, D_s) patch tokens + fixed sinusoid pos -> the 160 visible tokens.
+
+    ``strided``: the tokens as a Conv3d over a channels-first clip leaves them, (B, N, C) with strides
+    (N*C, 1, N), each token's C values N elements apart: what the model passed before its clips became
+    channels-last (``masked_gather.strided_bytes_moved`` models the sectors such a gather pulls)."""
     from amd_fast import ops
     from bench import amd_reference as ref
 
     masks = _masks(shape, batch, device)
     n, d = shape.tokens, shape.student_dim
-    x = torch.randn(batch, n, d, device=device, dtype=dtype, requires_grad=True)
+    if strided:
+        x = torch.randn(batch, d, n, device=device, dtype=dtype).transpose(1, 2).requires_grad_(True)
+    else:
+        x = torch.randn(batch, n, d, device=device, dtype=dtype, requires_grad=True)
     pos = torch.randn(1, n, d, device=device, dtype=dtype)  # VideoMAE/AMD: fixed sinusoid table, no grad
     vis = masks.vis_idx
     grad = torch.randn(batch, vis.shape[1], d, device=device, dtype=dtype)
@@ -144,9 +153,9 @@ def _case_masked_gather(shape: KernelShape, batch: int, device, dtype) -> Case:
             "triton": run(lambda: ops.masked_gather(x, vis, pos=pos, impl="triton")),
         },
         bytes_modeled=_modeled_bytes("masked_gather", batch=batch, tokens=n, kept=vis.shape[1], dim=d, dtype=dtype),
-        bytes_reference=_modeled_bytes("masked_gather", "reference_bytes_moved", batch=batch, tokens=n,
-                                       kept=vis.shape[1], dim=d, dtype=dtype),
-        detail=f"x ({batch},{n},{d}) + pos -> ({batch},{vis.shape[1]},{d})",
+        bytes_reference=_modeled_bytes("masked_gather", "strided_bytes_moved" if strided else "reference_bytes_moved",
+                                       batch=batch, tokens=n, kept=vis.shape[1], dim=d, dtype=dtype),
+        detail=f"x ({batch},{n},{d}){' strided (N*C, 1, N)' if strided else ''} + pos -> ({batch},{vis.shape[1]},{d})",
     )
 
 
@@ -222,8 +231,9 @@ def _case_norm_pixel_loss(shape: KernelShape, batch: int, device, dtype) -> Case
     )
 
 
-CASES = {"masked_gather": _case_masked_gather, "align_loss": _case_align_loss,
-         "norm_pixel_loss": _case_norm_pixel_loss}
+CASES = {"masked_gather": _case_masked_gather,
+         "masked_gather_strided": lambda *a: _case_masked_gather(*a, strided=True),
+         "align_loss": _case_align_loss, "norm_pixel_loss": _case_norm_pixel_loss}
 
 
 def _modeled_bytes(op: str, model: str = "bytes_moved", **kw) -> int:
@@ -231,7 +241,7 @@ def _modeled_bytes(op: str, model: str = "bytes_moved", **kw) -> int:
     (``bytes_moved``: the fused kernel; ``reference_bytes_moved``: the AMD-style code)."""
     import importlib
 
-    module = importlib.import_module(f"amd_fast.kernels.{op}")
+    module = importlib.import_module(f"amd_fast.kernels.{op.replace('_strided', '')}")
     return int(getattr(module, model)(**kw))
 
 
@@ -243,45 +253,51 @@ def run(args, device: torch.device, shards=None) -> tuple[list[dict], dict, list
                          f"shapes: {','.join(SHAPES)}")
     dtype = _dtype(s["kernel_dtype"])
     peak_bw = timing.peak_bandwidth(device)
-    batch = s["kernel_batch"]
+    copy_bw = timing.copy_bandwidth(device) if device.type == "cuda" else None
+    s["copy_bandwidth_bytes_per_s"] = copy_bw
     entries, notes = [], []
-    for shape_name in s["kernel_shapes"]:
+    for batch, shape_name, op in ((b, x, o) for b in s["kernel_batches"] for x in s["kernel_shapes"]
+                                  for o in s["kernel_ops"]):
         shape = SHAPES[shape_name]
-        for op in s["kernel_ops"]:
-            try:
-                case = CASES[op](shape, batch, device, dtype)
-            except ImportError as err:  # a module this op needs is missing from this checkout
-                reason = f"not measured (cannot import {err.name or err}: {err})"
-                log.warning("kernel %s %s: %s", op, shape_name, reason)
-                entries += [{"part": "kernels", "op": op, "shape": shape_name, "impl": impl, "batch": batch,
-                             "ms_median": None, "status": reason} for impl in IMPLS]
-                continue
-            measured = {impl: fn for impl, fn in case.fns.items() if impl != "triton" or device.type == "cuda"}
-            log.info("kernel %s %s: %s (B=%d)", op, shape_name, ", ".join(measured), batch)
-            timings = timing.time_interleaved(measured, device=device, warmup=s["kernel_warmup"],
-                                              repeats=s["kernel_repeats"], inner=s["kernel_inner"])
-            for impl in IMPLS:
-                row = {"part": "kernels", "op": op, "shape": shape_name, "impl": impl, "batch": batch,
-                       "dtype": s["kernel_dtype"], "inputs": case.detail, "bytes_modeled": case.bytes_modeled,
-                       "bytes_modeled_reference": case.bytes_reference,
-                       "ms_median": None, "ms_spread": None, "gbps": None, "bw_fraction": None,
-                       "peak_mem_bytes": None}
-                if impl not in timings:
-                    row["status"] = NOT_MEASURED_CPU
-                    entries.append(row)
-                    continue
-                t = timings[impl]
-                row.update(t.to_ms())
-                row["gbps"] = case.bytes_modeled / t.median / 1e9
-                if peak_bw:
-                    row["bw_fraction"] = case.bytes_modeled / t.median / peak_bw
-                if device.type == "cuda":
-                    row["peak_mem_bytes"] = timing.cuda_peak_memory(case.fns[impl], device)
-                row["status"] = "measured"
+        try:
+            case = CASES[op](shape, batch, device, dtype)
+        except ImportError as err:  # a module this op needs is missing from this checkout
+            reason = f"not measured (cannot import {err.name or err}: {err})"
+            log.warning("kernel %s %s: %s", op, shape_name, reason)
+            entries += [{"part": "kernels", "op": op, "shape": shape_name, "impl": impl, "batch": batch,
+                         "ms_median": None, "status": reason} for impl in IMPLS]
+            continue
+        measured = {impl: fn for impl, fn in case.fns.items() if impl != "triton" or device.type == "cuda"}
+        log.info("kernel %s %s: %s (B=%d)", op, shape_name, ", ".join(measured), batch)
+        timings = timing.time_interleaved(measured, device=device, warmup=s["kernel_warmup"],
+                                          repeats=s["kernel_repeats"], inner=s["kernel_inner"])
+        for impl in IMPLS:
+            row = {"part": "kernels", "op": op, "shape": shape_name, "impl": impl, "batch": batch,
+                   "dtype": s["kernel_dtype"], "inputs": case.detail, "bytes_modeled": case.bytes_modeled,
+                   "bytes_modeled_reference": case.bytes_reference,
+                   "ms_median": None, "ms_spread": None, "gbps": None, "bw_fraction": None,
+                   "peak_mem_bytes": None}
+            if impl not in timings:
+                row["status"] = NOT_MEASURED_CPU
                 entries.append(row)
-            del case
-    notes.append(f"Kernels: forward+backward per call, B={batch}, features {s['kernel_dtype']}, clip float32; "
-                 "GB/s = modeled bytes (minimum fused traffic, same for all impls) / median time.")
+                continue
+            t = timings[impl]
+            row.update(t.to_ms())
+            row["gbps"] = case.bytes_modeled / t.median / 1e9
+            if peak_bw:
+                row["bw_fraction"] = case.bytes_modeled / t.median / peak_bw
+            if copy_bw:
+                row["copy_fraction"] = case.bytes_modeled / t.median / copy_bw
+            if device.type == "cuda":
+                row["peak_mem_bytes"] = timing.cuda_peak_memory(case.fns[impl], device)
+            row["status"] = "measured"
+            entries.append(row)
+        del case
+    notes.append(f"Kernels: forward+backward per call, B={s['kernel_batches']}, features {s['kernel_dtype']}, clip "
+                 "float32; GB/s = modeled bytes (minimum fused traffic, same for all impls) / median time"
+                 + (f"; copy bandwidth (device-to-device copy_ of 1 GiB, this run) {copy_bw / 1e9:.0f} GB/s"
+                    if copy_bw else "") + ". masked_gather_strided: the same gather from tokens laid out as a Conv3d "
+                 "over a channels-first clip leaves them (the model's input before its clips became channels-last).")
     if device.type != "cuda":
         notes.append("Kernels: " + CPU_PEAK_MEM + "; peak bandwidth of a CPU is not known here, so only achieved "
                      "GB/s is reported.")

@@ -3,7 +3,7 @@
 * realistic (default for the loaders part): ``--src synthetic --synthetic-content scenes``: a camera
   panning over natural-statistics scenes, short side 320 (426x320), 250-300 frames at 25 fps (10-12 s),
   at camera-video bitrates (VP9 ~20-65 kB/s), encoded with the training preset of the device: ``--preset
-  cpu`` (VP9, GOP 16) on CPU, where DALI's decoder has no H.264; on CUDA both ``--preset nvdec`` (H.264)
+  cpu`` (VP9, GOP 32) on CPU, where DALI's decoder has no H.264; on CUDA both ``--preset nvdec`` (H.264)
   and ``--preset cpu`` (VP9, the codec both DALI decoders take).
 * quick (``--quick``): small moving-shape clips (128 px, 48 frames), seconds to build and to read.
 * GOP sweep: the realistic scenes (fewer videos) re-encoded at each GOP of ``--gops``.
@@ -47,8 +47,10 @@ def _build(name: str, count: int, **options) -> Path:
 
 def realistic(codec: str, count: int = 24) -> Path:
     """The realistic set in ``codec`` ('vp9' -> --preset cpu, 'h264' -> --preset nvdec)."""
-    preset = {"vp9": "cpu", "h264": "nvdec"}[codec]
-    return _build(f"bench-scenes-320p-{codec}-{count}", count, preset=preset, **REALISTIC)
+    from amd_fast.shard.options import DEFAULT_CLIP_SPAN, preset_gop
+
+    preset, gop = {"vp9": "cpu", "h264": "nvdec"}[codec], preset_gop(DEFAULT_CLIP_SPAN)
+    return _build(f"bench-scenes-320p-{codec}-gop{gop}-{count}", count, preset=preset, **REALISTIC)
 
 
 def quick() -> Path:
@@ -73,10 +75,12 @@ def loader_sets(args, device: torch.device) -> dict:
     if args.quick:
         return {"vp9": quick()}
     codecs = ("h264", "vp9") if device.type == "cuda" else ("vp9",)
-    return {c: realistic(c) for c in codecs}
+    return {c: realistic(c, args.loader_videos or 24) for c in codecs}
 
 
 def resolve(args, device: torch.device) -> Path:
-    """The one shard folder the train part reads (its loaders need one: VP9, which every DALI decoder takes)."""
-    sets = loader_sets(args, device)
-    return sets.get("yours") or sets.get("vp9")
+    """The shard folder the train part reads: ``--shards``; on CUDA the realistic H.264 set (what the fast
+    path is for: NVDEC); on CPU (a tiny model at 64 px) the quick set."""
+    if args.shards is not None:
+        return loader_sets(args, device)["yours"]
+    return realistic("h264", args.loader_videos or 24) if device.type == "cuda" and not args.quick else quick()
