@@ -1,7 +1,8 @@
 """Video clip loaders for AMD/VideoMAE pretraining: DALI (GPU or CPU decode) and eager (PyAV).
 
 ``build_loader(cfg, rank, world_size)`` returns an iterable of
-``{'video': (B*num_sample, 3, T, S, S) float on cfg.device (ImageNet-normalized), 'label': (B*num_sample,) int64}``
+``{'video': (B*num_sample, 3, T, S, S) float on cfg.device (ImageNet-normalized), 'label': (B*num_sample,) int64,
+'index': (B*num_sample,) int64 on the CPU (the sample's position in the split: evaluation counts each once)}``
 (the video with channels-last-3d strides, i.e. T, H, W, C in memory: the decoders' own layout, and the one
 in which the models' Conv3d patch embedding yields token-major ``(B, N, C)`` output without a copy)
 with ``len()`` (batches per epoch, the same on every rank),

@@ -9,6 +9,8 @@ from typing import Optional, Sequence, Union
 from .decoders import DECODERS
 
 BACKENDS = ("auto", "dali", "eager")
+SAMPLINGS = ("stride", "window", "segments")
+CROPS = ("multiscale", "resized")
 DTYPES = ("float32", "bfloat16", "float16")
 BAD_SAMPLE_POLICIES = ("skip", "error")
 
@@ -28,9 +30,14 @@ class DataConfig:
     - ``batch_size`` counts *videos* per rank; each video gives ``num_sample`` clips
       (AMD/VideoMAEv2 ``--num_sample`` repeated augmentation: one decode, independent crops).
     - ``sampling_rate``: stride between the ``num_frames`` frames of a clip (VideoMAE ``new_step``).
-    - ``train=True``: random start, multi-scale crop (``scales``, ``max_distort``), optional flip,
-      shuffle. ``train=False`` (eval/probe/demo): middle clip, centre square crop of the short side
-      resized to ``input_size``, no flip, reading order = shard order (``shuffle`` ignored).
+    - ``train=True``: frames by ``sampling`` (``stride``: VideoMAE pretraining, a random start and every
+      ``sampling_rate``-th frame; ``window``: Kinetics fine-tuning, ``num_frames`` spread by linspace over a
+      random window of ``num_frames * sampling_rate``; ``segments``: SSv2 fine-tuning, one random frame per
+      segment), crops by ``crop`` (``multiscale``: VideoMAE's ``scales`` / ``max_distort``; ``resized``:
+      RandomResizedCrop with ``rrc_scale`` / ``rrc_ratio``), optional flip, shuffle.
+      ``train=False`` (eval/probe/demo): view ``view`` of the ``test_segments x test_crops`` deterministic
+      views (temporal-major: view = segment * test_crops + crop; one view = the middle clip and the centre
+      square crop of the short side), resized to ``input_size``, no flip, reading order = shard order.
     - ``device``: ``'auto'`` = ``'cuda'`` when available else ``'cpu'``; ``'cuda:1'`` etc. accepted.
     - ``num_workers``: eager DataLoader worker processes; ``eager_decoder``: the eager loader's video
       decoder (``pyav``, or the peers ``torchcodec`` / ``decord``, see ``data.decoders``).
@@ -61,6 +68,13 @@ class DataConfig:
     flip: bool = False
     scales: Sequence[float] = field(default_factory=lambda: list(VIDEOMAE_SCALES))
     max_distort: int = 1
+    sampling: str = "stride"
+    crop: str = "multiscale"
+    rrc_scale: Sequence[float] = field(default_factory=lambda: [0.08, 1.0])
+    rrc_ratio: Sequence[float] = field(default_factory=lambda: [0.75, 1.3333])
+    test_segments: int = 1
+    test_crops: int = 1
+    view: int = 0
     seed: int = 0
     shuffle: bool = True
     drop_last: bool = True
@@ -79,6 +93,14 @@ class DataConfig:
         need(self.dtype in DTYPES, f"dtype={self.dtype!r}; choose one of {', '.join(DTYPES)}")
         need(self.on_bad_sample in BAD_SAMPLE_POLICIES,
              f"on_bad_sample={self.on_bad_sample!r}; choose one of {', '.join(BAD_SAMPLE_POLICIES)}")
+        need(self.sampling in SAMPLINGS, f"sampling={self.sampling!r}; choose one of {', '.join(SAMPLINGS)}")
+        need(self.crop in CROPS, f"crop={self.crop!r}; choose one of {', '.join(CROPS)}")
+        need(len(self.rrc_scale) == 2 and 0 < self.rrc_scale[0] <= self.rrc_scale[1] <= 1,
+             f"rrc_scale={list(self.rrc_scale)} must be [lo, hi] with 0 < lo <= hi <= 1")
+        need(len(self.rrc_ratio) == 2 and 0 < self.rrc_ratio[0] <= self.rrc_ratio[1],
+             f"rrc_ratio={list(self.rrc_ratio)} must be [lo, hi] aspect ratios, 0 < lo <= hi")
+        need(self.test_segments >= 1 and self.test_crops >= 1 and 0 <= self.view < self.test_segments * self.test_crops,
+             f"view={self.view} must index the {self.test_segments} x {self.test_crops} test views")
         need(self.eager_decoder in DECODERS, f"eager_decoder={self.eager_decoder!r}; choose one of "
                                              f"{', '.join(DECODERS)}")
         need(self.dali_pipelines == "auto" or (isinstance(self.dali_pipelines, int) and self.dali_pipelines >= 1),

@@ -172,7 +172,7 @@ class DaliLoader(LoaderStateMixin):
         p.build()
         return p
 
-    def _to_torch(self, video_tl, labels: Sequence[int]) -> dict:
+    def _to_torch(self, video_tl, labels: Sequence[int], batch: Sequence[Tuple[int, int]]) -> dict:
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
         t = video_tl.as_tensor()  # (B, num_sample, T, S, S, 3) uint8
@@ -181,7 +181,9 @@ class DaliLoader(LoaderStateMixin):
         feed_ndarray(t, video, cuda_stream=stream)  # device-to-device on GPU, no host round trip
         video = normalize_clips(video.flatten(0, 1).permute(0, 4, 1, 2, 3), self.out_dtype)
         label = torch.tensor(labels, dtype=torch.int64).to(self.device, non_blocking=True)
-        return {"video": video, "label": label.repeat_interleave(self.cfg.num_sample)}
+        index = torch.tensor([i for _, i in batch], dtype=torch.int64)
+        ns = self.cfg.num_sample
+        return {"video": video, "label": label.repeat_interleave(ns), "index": index.repeat_interleave(ns)}
 
     # ---- an undecodable video -------------------------------------------------------------------------
     def _repair_batch(self, epoch: int, batch: List[Tuple[int, int]]) -> dict:
@@ -208,7 +210,7 @@ class DaliLoader(LoaderStateMixin):
                     f"{self.samples[i].tar}:{self.samples[i].key}); the shards look broken: check them with "
                     "`python -m amd_fast.shard --verify --out <shard folder>`")
         video, labels = self._repair.run(epoch, fixed)
-        return self._to_torch(video, labels)
+        return self._to_torch(video, labels, fixed)
 
     # ---- the stream -----------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict]:
@@ -224,7 +226,7 @@ class DaliLoader(LoaderStateMixin):
                 try:
                     (video,) = pipes[p].run()
                     batch, labels = feeds[p].pending.popleft()
-                    out = self._to_torch(video, labels)
+                    out = self._to_torch(video, labels, batch)
                 except RuntimeError as e:  # DALI could not decode a video of this batch
                     if not feeds[p].pending:
                         raise

@@ -81,7 +81,7 @@ class ClipDataset(torch.utils.data.Dataset):
             s = self.samples[(i + attempt) % len(self.samples)]
             try:
                 out = self._load(s, sample_rng(self.seed, epoch, self.rank, pos))
-                out["bad"] = bad
+                out["bad"], out["index"] = bad, (i + attempt) % len(self.samples)
                 return out
             except (DecodeError, OSError, struct.error, ShardError) as e:
                 bad.append((f"{s.tar}:{s.key}", str(e)))
@@ -108,6 +108,7 @@ def collate(items):
         return out
     out["video"] = torch.cat([it["video"] for it in items])  # (b*num_sample, T, S, S, 3), video-major
     out["label"] = torch.tensor([it["label"] for it in items], dtype=torch.int64)
+    out["index"] = torch.tensor([it["index"] for it in items], dtype=torch.int64)
     return out
 
 
@@ -151,5 +152,5 @@ class EagerLoader(LoaderStateMixin):
             video = batch["video"].to(self.device, non_blocking=True).permute(0, 4, 1, 2, 3)  # channels-last view
             video = normalize_clips(video, self.out_dtype)
             yield {"video": video, "label": batch["label"].to(self.device, non_blocking=True)
-                   .repeat_interleave(cfg.num_sample)}
+                   .repeat_interleave(cfg.num_sample), "index": batch["index"].repeat_interleave(cfg.num_sample)}
         st.epoch, st.batch = epoch + 1, 0

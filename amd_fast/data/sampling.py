@@ -116,24 +116,116 @@ def sample_rng(seed: int, epoch: int, rank: int, position: int) -> np.random.Gen
 
 
 def plan_clip(cfg, num_video_frames: int, height: int, width: int, rng: np.random.Generator) -> ClipPlan:
-    """The clip(s) of one sample for ``cfg`` (a DataConfig). Draws, in this order: the start; then per crop
-    a scale pair, an offset and a flip coin (always drawn, so the stream does not depend on ``cfg.flip``)."""
-    u = rng.random()
-    start = clip_start(num_video_frames, cfg.num_frames, cfg.sampling_rate, u, cfg.train)
-    indices = clip_indices(num_video_frames, start, cfg.num_frames, cfg.sampling_rate)
+    """The clip(s) of one sample for ``cfg`` (a DataConfig).
+
+    Training: frames by ``cfg.sampling``, then per crop a box by ``cfg.crop`` and a flip coin (always
+    drawn, so the stream does not depend on ``cfg.flip``). Evaluation: view ``cfg.view`` of the
+    ``test_segments x test_crops`` deterministic views (``eval_indices``, ``eval_crop_box``)."""
+    T, rate = cfg.num_frames, cfg.sampling_rate
+    if not cfg.train:
+        chunk, split = divmod(cfg.view, cfg.test_crops)
+        indices = eval_indices(cfg.sampling, num_video_frames, T, rate, chunk, cfg.test_segments)
+        box = eval_crop_box(height, width, cfg.input_size, split, cfg.test_crops)
+        return ClipPlan(indices, (box,) * cfg.num_sample, (False,) * cfg.num_sample)
+    if cfg.sampling == "window":
+        indices = window_indices(num_video_frames, T, rate, rng.random())
+    elif cfg.sampling == "segments":
+        indices = segment_indices(num_video_frames, T, rng)
+    else:
+        indices = clip_indices(num_video_frames, clip_start(num_video_frames, T, rate, rng.random(), True), T, rate)
     n_pairs = len(scale_pairs(len(cfg.scales), cfg.max_distort))
     boxes: List[Tuple[int, int, int, int]] = []
     flips: List[bool] = []
     for _ in range(cfg.num_sample):
-        pair, offset, coin = int(rng.integers(n_pairs)), int(rng.integers(len(FIX_OFFSETS))), rng.random()
-        if cfg.train:
+        if cfg.crop == "resized":
+            boxes.append(random_resized_crop_box(height, width, cfg.rrc_scale, cfg.rrc_ratio, rng))
+        else:
+            pair, offset = int(rng.integers(n_pairs)), int(rng.integers(len(FIX_OFFSETS)))
             boxes.append(multiscale_crop_box(height, width, cfg.input_size, cfg.scales, cfg.max_distort, pair,
                                              offset))
-            flips.append(bool(cfg.flip and coin < 0.5))
-        else:
-            boxes.append(center_crop_box(height, width))
-            flips.append(False)
+        flips.append(bool(cfg.flip and rng.random() < 0.5))
     return ClipPlan(indices, tuple(boxes), tuple(flips))
+
+
+# ---- fine-tuning: the reference's dataset formulas (MCG-NJU/AMD dataset/datasets.py) ------------------------
+
+def window_indices(n: int, num_frames: int, rate: int, u: float) -> np.ndarray:
+    """Kinetics fine-tuning (``VideoClsDataset.loadvideo_decord``): a window of ``num_frames * rate`` frames ending
+    at a random frame, ``num_frames`` indices spread over it by linspace; a shorter video is covered whole
+    and its last frame repeated. ``u`` in [0, 1) is the draw of ``np.random.randint(converted_len, n)``."""
+    span = num_frames * rate
+    if n <= span:
+        idx = np.linspace(0, n, num=n // rate)
+        idx = np.concatenate((idx, np.ones(num_frames - n // rate) * n))
+        return np.clip(idx, 0, n - 1).astype(np.int64)
+    end = span + int(u * (n - span))
+    idx = np.linspace(end - span, end, num=num_frames)
+    return np.clip(idx, end - span, end - 1).astype(np.int64)
+
+
+def segment_indices(n: int, num_frames: int, rng: np.random.Generator) -> np.ndarray:
+    """Something-Something fine-tuning (TSN): one random frame in each of ``num_frames`` equal segments."""
+    avg = n // num_frames
+    if avg > 0:
+        return np.arange(num_frames) * avg + rng.integers(avg, size=num_frames)
+    if n > num_frames:
+        return np.sort(rng.integers(n, size=num_frames))
+    return np.array([0] * (num_frames - n) + list(range(n)), dtype=np.int64)
+
+
+def eval_indices(sampling: str, n: int, num_frames: int, rate: int, chunk: int, segments: int) -> np.ndarray:
+    """Frames of temporal view ``chunk`` of ``segments`` (the reference's test mode).
+
+    ``window`` (Kinetics): every ``rate``-th frame of the video (the last repeated up to ``num_frames``),
+    and the view starts ``int(chunk * step)`` frames into that list, ``step = max((L - num_frames) /
+    (segments - 1), 0)``. ``segments`` (SSv2): ``tick = n / num_frames``, frame ``int(tick * (x + chunk /
+    segments))`` for x = 0..num_frames-1 (the reference's two views: segment starts and mid-points).
+    ``stride`` (pretraining eval): the middle clip. One view of either test formula is the middle one."""
+    if sampling == "segments":
+        tick = n / num_frames
+        return np.minimum((tick * (np.arange(num_frames) + chunk / segments)).astype(np.int64), n - 1)
+    if sampling == "window":
+        frames = list(range(0, n, rate))
+        frames += [frames[-1]] * max(num_frames - len(frames), 0)
+        L = len(frames)
+        start = int(chunk * max((L - num_frames) / (segments - 1), 0)) if segments > 1 else max(L - num_frames, 0) // 2
+        return np.asarray(frames[start:start + num_frames], dtype=np.int64)
+    return clip_indices(n, clip_start(n, num_frames, rate, 0.0, False), num_frames, rate)
+
+
+def eval_crop_box(height: int, width: int, size: int, split: int, crops: int) -> Tuple[int, int, int, int]:
+    """Spatial view ``split`` of ``crops``: the reference resizes the short side to ``size`` and takes a
+    ``size`` square at ``int(split * (long' - size) / (crops - 1))`` along the long side (centred for one
+    crop). In source pixels: a square of the short side at the matching offset, resized to ``size`` later."""
+    if crops == 1:
+        return center_crop_box(height, width)
+    short, long_ = min(height, width), max(height, width)
+    long_resized = int(size * long_ / short)
+    start = int(split * (long_resized - size) / (crops - 1))
+    offset = min(round(start * short / size), long_ - short)
+    return (offset, 0, short, short) if height >= width else (0, offset, short, short)
+
+
+def random_resized_crop_box(height: int, width: int, scale: Sequence[float], ratio: Sequence[float],
+                            rng: np.random.Generator, tries: int = 10) -> Tuple[int, int, int, int]:
+    """torchvision / SlowFast ``RandomResizedCrop`` parameters: area ~ U(scale) of the frame, log-aspect ~
+    U(log ratio); the first of ``tries`` that fits, else the centre crop clamped to the ratio range."""
+    area = height * width
+    log_lo, log_hi = np.log(ratio[0]), np.log(ratio[1])
+    for _ in range(tries):
+        target = rng.uniform(scale[0], scale[1]) * area
+        ar = float(np.exp(rng.uniform(log_lo, log_hi)))
+        w, h = int(round(np.sqrt(target * ar))), int(round(np.sqrt(target / ar)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
 
 
 def normalize_clips(video_u8, dtype):
