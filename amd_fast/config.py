@@ -160,23 +160,9 @@ class LogConfig:
     progress: bool = True
 
 
-@dataclass
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    mask: MaskConfig = field(default_factory=MaskConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-
-    def __post_init__(self):
-        # build_config derives model's clip shape from data's; a Config built in code must still agree.
-        for key in ("input_size", "num_frames"):
-            d, m = getattr(self.data, key), getattr(self.model, key)
-            if d != m:
-                raise ConfigError(f"data.{key}={d} but model.{key}={m}: set both to the same value")
+class ConfigBase:
+    """What every run config (pretraining ``Config``, fine-tuning ``FinetuneConfig``) offers; both have
+    ``checkpoint`` and ``log`` sections."""
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -187,6 +173,29 @@ class Config:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+@dataclass
+class Config(ConfigBase):
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self):
+        if self.data.dtype == "uint8":
+            raise ConfigError("data.dtype=uint8 (raw pixels) is for fine-tuning, which normalizes after its "
+                              "augmentation; pretraining needs normalized clips: float32, bfloat16 or float16")
+        # build_config derives model's clip shape from data's; a Config built in code must still agree.
+        for key in ("input_size", "num_frames"):
+            d, m = getattr(self.data, key), getattr(self.model, key)
+            if d != m:
+                raise ConfigError(f"data.{key}={d} but model.{key}={m}: set both to the same value")
+
 
 
 SECTIONS: Dict[str, type] = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "mask": MaskConfig,
@@ -321,9 +330,19 @@ DERIVED = (("model", "num_frames", "data", "num_frames"), ("model", "input_size"
            ("data", "seed", "train", "seed"), ("data", "device", "train", "device"))
 
 
-def _field_value(section: str, key: str, merged: Mapping[str, Mapping[str, Any]]):
+@dataclass(frozen=True)
+class ConfigSchema:
+    """A run config's shape: its top-level dataclass, its sections and its derived keys."""
+
+    cls: type
+    sections: Dict[str, type]
+    derived: tuple = DERIVED
+    defaults: Optional[Dict[str, Dict[str, Any]]] = None  # per section, where it differs from the class defaults
+
+
+def _field_value(section: str, key: str, merged: Mapping[str, Mapping[str, Any]], sections: Mapping[str, type]):
     """The (type-checked) value ``section.key`` will have: the explicit one, else the field default."""
-    cls = SECTIONS[section]
+    cls = sections[section]
     if key in merged[section]:
         try:
             return _coerce(merged[section][key], typing.get_type_hints(cls)[key])
@@ -333,11 +352,11 @@ def _field_value(section: str, key: str, merged: Mapping[str, Mapping[str, Any]]
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
-def _derive(merged: Dict[str, Dict[str, Any]]) -> None:
-    """Fill the derived keys of :data:`DERIVED` from their sources; an explicit contradiction is an error."""
-    for dsec, dkey, ssec, skey in DERIVED:
-        src = _field_value(ssec, skey, merged)
-        if dkey in merged[dsec] and _field_value(dsec, dkey, merged) != src:
+def _derive(merged: Dict[str, Dict[str, Any]], schema: ConfigSchema) -> None:
+    """Fill the derived keys from their sources; an explicit contradiction is an error."""
+    for dsec, dkey, ssec, skey in schema.derived:
+        src = _field_value(ssec, skey, merged, schema.sections)
+        if dkey in merged[dsec] and _field_value(dsec, dkey, merged, schema.sections) != src:
             raise ConfigError(f"{dsec}.{dkey}={merged[dsec][dkey]!r} contradicts {ssec}.{skey}={src!r}: set it once, "
                               f"as {ssec}.{skey} ({dsec}.{dkey} follows it)")
         merged[dsec][dkey] = src
@@ -355,14 +374,14 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ""
     return out
 
 
-def parse_override(item: str):
+def parse_override(item: str, sections: Sequence[str] = tuple(SECTIONS)):
     """'data.batch_size=8' -> (['data', 'batch_size'], 8); the value is parsed as YAML."""
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not key=value (e.g. data.batch_size=8)")
     key, raw = item.split("=", 1)
     path = key.strip().split(".")
     if len(path) != 2 or not all(path):
-        raise ConfigError(f"override key {key!r} must be section.key (sections: {', '.join(SECTIONS)})")
+        raise ConfigError(f"override key {key!r} must be section.key (sections: {', '.join(sections)})")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
@@ -370,8 +389,12 @@ def parse_override(item: str):
     return path, value
 
 
-def build_config(raw: Optional[Mapping[str, Any]] = None, overrides: Sequence[str] = ()) -> Config:
-    """A validated Config from a nested mapping (as read from YAML) plus ``key=value`` overrides."""
+def build_config(raw: Optional[Mapping[str, Any]] = None, overrides: Sequence[str] = (),
+                 schema: Optional[ConfigSchema] = None):
+    """A validated config (``schema``: pretraining's ``Config`` by default) from a nested mapping (as read
+    from YAML) plus ``key=value`` overrides."""
+    schema = schema or PRETRAIN
+    SECTIONS = schema.sections  # noqa: N806 (the schema's sections, in the code below)
     raw = dict(raw or {})
     for name in raw:
         if name not in SECTIONS:
@@ -380,23 +403,24 @@ def build_config(raw: Optional[Mapping[str, Any]] = None, overrides: Sequence[st
         if values is not None and not isinstance(values, Mapping):
             raise ConfigError(f"config section {name!r} must be a mapping of keys to values "
                               f"(e.g. {name}:\n  key: value), got {values!r}")
-    merged = {name: dict(raw.get(name) or {}) for name in SECTIONS}
+    merged = {name: {**(schema.defaults or {}).get(name, {}), **(raw.get(name) or {})} for name in SECTIONS}
     for item in overrides:
-        (section, key), value = parse_override(item)
+        (section, key), value = parse_override(item, tuple(SECTIONS))
         if section not in SECTIONS:
             raise _unknown_key("", section, list(SECTIONS))
         merged[section][key] = value
-    _derive(merged)
+    _derive(merged, schema)
     sections = {name: _build_section(name, cls, merged[name]) for name, cls in SECTIONS.items()}
     try:
-        return Config(**sections)
+        return schema.cls(**sections)
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e)) from e
 
 
-def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> Config:
+def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = (),
+                schema: Optional[ConfigSchema] = None):
     """Read a YAML config (or start from the defaults when ``path`` is None) and apply overrides."""
     raw: Dict[str, Any] = {}
     if path is not None:
@@ -410,5 +434,9 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML ({e})") from None
         if not isinstance(raw, Mapping):
-            raise ConfigError(f"{p}: the top level must be a mapping of sections ({', '.join(SECTIONS)})")
-    return build_config(raw, overrides)
+            raise ConfigError(f"{p}: the top level must be a mapping of sections "
+                              f"({', '.join((schema or PRETRAIN).sections)})")
+    return build_config(raw, overrides, schema)
+
+
+PRETRAIN = ConfigSchema(Config, SECTIONS)

@@ -6,6 +6,7 @@ import torch
 
 from amd_fast.models import CheckpointImportError, build_student, build_teacher, export_encoder, load_pretrained
 from amd_fast.models.pretrained import encoder_state_videomae
+from amd_fast.models.vit import get_sinusoid_encoding_table
 from tests.model_fixtures import tiny_model_config
 
 
@@ -18,7 +19,7 @@ def _videomae_pretrain_state(cfg, init_values=0.0):
             blk.attn.qkv.bias.copy_(torch.randn_like(blk.attn.qkv.bias))
             blk.attn.qkv.bias[blk.attn.qkv.bias.numel() // 3: 2 * blk.attn.qkv.bias.numel() // 3] = 0
     state = {f"encoder.{k}": v for k, v in encoder_state_videomae(src).items()}
-    state["encoder.pos_embed"] = torch.zeros(1, cfg.num_tokens, src.encoder.dim)
+    state["encoder.pos_embed"] = get_sinusoid_encoding_table(cfg.num_tokens, src.encoder.dim)[None]  # fixed table
     state["mask_token"] = torch.zeros(1, 1, 64)
     state["decoder.head.weight"] = torch.zeros(384, 64)
     return src, state

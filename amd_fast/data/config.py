@@ -11,7 +11,7 @@ from .decoders import DECODERS
 BACKENDS = ("auto", "dali", "eager")
 SAMPLINGS = ("stride", "window", "segments")
 CROPS = ("multiscale", "resized")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "uint8")  # uint8: raw pixels, the consumer normalizes
 BAD_SAMPLE_POLICIES = ("skip", "error")
 
 # VideoMAE / AMD pretraining: GroupMultiScaleCrop(input_size, [1, .875, .75, .66]).

@@ -233,6 +233,8 @@ def normalize_clips(video_u8, dtype):
     the same strides (both loaders move uint8 to the device first: 4x fewer bytes to copy than float)."""
     import torch
 
+    if dtype == torch.uint8:  # raw pixels asked for (fine-tuning augments them before normalizing)
+        return video_u8
     key = (str(video_u8.device), video_u8.dim())
     if key not in _NORM_TABLES:  # once per device: no per-batch host-to-device copy
         from amd_fast.normalization import IMAGENET_MEAN, IMAGENET_STD

@@ -90,6 +90,15 @@ class VideoClassifier(nn.Module):
     def num_layers(self) -> int:
         return len(self.encoder.blocks)
 
+    def layer_id(self, name: str) -> int:
+        """The reference's ``get_num_layer_for_vit``: patch embedding 0, block i i+1, the rest (fc_norm, head)
+        num_layers + 1; drives the layer-wise lr decay."""
+        if name.startswith("encoder.patch_embed"):
+            return 0
+        if name.startswith("encoder.blocks."):
+            return int(name.split(".")[2]) + 1
+        return self.num_layers + 1
+
     def forward_features(self, video: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, H, W) normalized clips -> (B, D) pooled, fc_norm'ed features."""
         tokens = self.encoder.patch_embed(video)

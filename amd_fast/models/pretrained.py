@@ -33,12 +33,14 @@ import torch.nn as nn
 from amd_fast.errors import InputError
 from amd_fast.serialization import atomic_save, load_file
 from amd_fast.models.unwrap import unwrap
+from amd_fast.models.vit import get_sinusoid_encoding_table
 
 log = logging.getLogger(__name__)
 
 _CONTAINER_KEYS = ("model", "module", "state_dict", "model_state", "student")  # "student": our trainer's checkpoints
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "backbone.")
-_SKIP = re.compile(r"^(pos_embed|head\..*|fc_norm\..*|head_dropout.*|cls_token)$")
+_SKIP = re.compile(r"^(head_dropout.*|cls_token)$")
+_EXTRA = re.compile(r"^(pos_embed|head\.(weight|bias)|fc_norm\.(weight|bias))$")  # taken by models that have them
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
@@ -95,17 +97,22 @@ def _strip(name: str) -> str:
 
 
 def _to_ours(state: Dict[str, torch.Tensor]):
-    """Rename checkpoint keys to ``ViTEncoder`` names. Returns (mapped, unexpected, skipped)."""
+    """Rename checkpoint keys to ``ViTEncoder`` names. Returns (mapped, unexpected, skipped, extras): extras are
+    the classifier head / fc_norm and the position table, which only some models take."""
     state = {_strip(k): v for k, v in state.items()}
     unexpected: List[str] = []
-    if any(k.startswith("encoder.") for k in state):  # pretraining checkpoint: only the encoder part is ours
-        unexpected = sorted(k for k in state if not k.startswith("encoder."))
+    extras: Dict[str, torch.Tensor] = {}
+    if any(k.startswith("encoder.") for k in state):  # pretraining / our checkpoints: the encoder part, a head
+        for k in sorted(k for k in state if not k.startswith("encoder.")):
+            (extras.__setitem__(k, state[k]) if _EXTRA.match(k) else unexpected.append(k))
         state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
     mapped: Dict[str, torch.Tensor] = {}
     skipped: List[str] = []
     biases: Dict[str, Dict[str, torch.Tensor]] = {}
     for k, v in state.items():
-        if _SKIP.match(k):
+        if _EXTRA.match(k):
+            extras[k] = v
+        elif _SKIP.match(k):
             skipped.append(k)
         elif k.endswith(("attn.q_bias", "attn.v_bias")):
             biases.setdefault(k[: -len("q_bias")], {})[k[-6]] = v
@@ -120,7 +127,7 @@ def _to_ours(state: Dict[str, torch.Tensor]):
             raise CheckpointImportError(f"checkpoint has only {prefix}{next(iter(qv))}_bias; "
                                         "VideoMAE attention needs both q and v")
         mapped[prefix + "qkv.bias"] = torch.cat([qv["q"], torch.zeros_like(qv["q"]), qv["v"]])
-    return mapped, unexpected, skipped
+    return mapped, unexpected, skipped, extras
 
 
 def load_pretrained(model: nn.Module, path_or_state, *, strict_encoder: bool = True) -> LoadReport:
@@ -131,8 +138,9 @@ def load_pretrained(model: nn.Module, path_or_state, *, strict_encoder: bool = T
     """
     model = unwrap(model)
     encoder = getattr(model, "encoder", model)
-    mapped, unexpected, skipped = _to_ours(_find_state(_read(path_or_state)))
-    ours = encoder.state_dict()
+    ckpt = _read(path_or_state)
+    mapped, unexpected, skipped, extras = _to_ours(_find_state(ckpt))
+    ours = {k: v for k, v in encoder.state_dict().items() if k != "pos_embed"}  # (a loaded learned table)
     depth = len(encoder.blocks)
     for k in list(mapped):
         m = _BLOCK.match(k)
@@ -161,11 +169,76 @@ def load_pretrained(model: nn.Module, path_or_state, *, strict_encoder: bool = T
             f"the configured arch, or pass strict_encoder=False to accept a partial load"
         )
     encoder.load_state_dict(mapped, strict=False)
-    report = LoadReport(missing, sorted(unexpected), sorted(mapped), sorted(skipped))
+    loaded = sorted(mapped)
+    if "pos_embed" in extras:
+        note = _use_position_table(encoder, extras.pop("pos_embed"), ckpt)
+        (loaded if note == "loaded" else skipped).append("pos_embed")
+    for k, v in extras.items():  # a classifier head / fc_norm: taken when the model has one of that shape
+        module = getattr(model, k.split(".")[0], None)
+        target = getattr(module, k.split(".")[1], None) if module is not None else None
+        if isinstance(target, torch.Tensor) and target.shape == v.shape:
+            with torch.no_grad():
+                target.copy_(v)
+            loaded.append(k)
+        else:
+            skipped.append(k)  # the reference drops a head of another shape too (another class count)
+    report = LoadReport(missing, sorted(unexpected), loaded, sorted(skipped))
     log.info("load_pretrained: %d tensors loaded, %d missing %s, %d unexpected %s, %d skipped (pos tables, "
              "classifier, blocks past early exit)", len(report.loaded), len(missing), missing[:6],
              len(report.unexpected), report.unexpected[:6], len(report.skipped))
     return report
+
+
+def interpolate_position_table(table: torch.Tensor, old_grid, new_grid) -> torch.Tensor:
+    """A (T'*H'*W', C) table of ``old_grid`` resampled to ``new_grid``: bicubic over space per time slot (the
+    reference's rule), then linear over time when the frame counts differ."""
+    (t0, h0, w0), (t1, h1, w1) = old_grid, new_grid
+    c = table.shape[-1]
+    x = table.reshape(t0, h0, w0, c).permute(0, 3, 1, 2).float()  # (T', C, H', W')
+    if (h0, w0) != (h1, w1):
+        x = torch.nn.functional.interpolate(x, size=(h1, w1), mode="bicubic", align_corners=False)
+    if t0 != t1:
+        x = x.permute(1, 2, 3, 0).reshape(1, c * h1 * w1, t0)
+        x = torch.nn.functional.interpolate(x, size=t1, mode="linear", align_corners=False)
+        x = x.reshape(c, h1, w1, t1).permute(3, 0, 1, 2)
+    return x.permute(0, 2, 3, 1).reshape(t1 * h1 * w1, c).to(table.dtype)
+
+
+def _checkpoint_grid(n: int, new_grid, ckpt: Mapping):
+    """The token grid of a checkpoint's position table of ``n`` rows: the model's frame count when the rest
+    is a square (the reference's assumption), else the frame count its training args name."""
+    t = new_grid[0]
+    side = round((n // t) ** 0.5) if n % t == 0 else 0
+    if side and t * side * side == n:
+        return (t, side, side)
+    args = ckpt.get("args") if isinstance(ckpt, Mapping) else None
+    frames, tubelet = getattr(args, "num_frames", None), getattr(args, "tubelet_size", None)
+    if frames and tubelet and n % (frames // tubelet) == 0:
+        t = frames // tubelet
+        side = round((n // t) ** 0.5)
+        if t * side * side == n:
+            return (t, side, side)
+    raise CheckpointImportError(f"checkpoint position table has {n} rows, which is no T' x S x S grid with the "
+                                f"model's T'={new_grid[0]} nor one its args name; cannot resample it")
+
+
+def _use_position_table(encoder: nn.Module, table: torch.Tensor, ckpt: Mapping) -> str:
+    """A checkpoint's ``pos_embed``: a fixed sin-cos table is rebuilt for our grid (skipped); a learned one is
+    resampled to our grid (:func:`interpolate_position_table`) and used, fixed, in place of the sin-cos table."""
+    table = table.reshape(-1, table.shape[-1]).float()
+    n, c = table.shape
+    if c != encoder.dim:
+        raise CheckpointImportError(f"checkpoint pos_embed has width {c} but the model's is {encoder.dim}: the "
+                                    "checkpoint is for another architecture")
+    if torch.allclose(table, get_sinusoid_encoding_table(n, c), atol=1e-4):
+        return "skipped"
+    grid = encoder.patch_embed.grid
+    old = _checkpoint_grid(n, grid, ckpt)
+    new = interpolate_position_table(table, old, grid)
+    encoder.register_buffer("pos_embed", new.to(encoder.pos_embed.device), persistent=True)
+    log.info("load_pretrained: learned position table %s resampled to %s and used (fixed) for this grid",
+             old, grid)
+    return "loaded"
 
 
 def encoder_state_videomae(model: nn.Module) -> Dict[str, torch.Tensor]:

@@ -28,7 +28,7 @@ from amd_fast.serialization import atomic_save, load_file, remove_stale_temps
 log = logging.getLogger(__name__)
 
 FORMAT = "amd_fast.train/1"
-REQUIRED_KEYS = ("format", "step", "epoch", "student", "optimizer")
+REQUIRED_KEYS = ("format", "step", "epoch", "optimizer")  # + the trainer's model key ("student", "model")
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 
 
@@ -53,22 +53,22 @@ def list_checkpoints(folder: Path) -> List[Tuple[int, Path]]:
     return sorted(found)
 
 
-def load_checkpoint(path: Path, map_location="cpu") -> Dict[str, Any]:
+def load_checkpoint(path: Path, map_location="cpu", model_key: str = "student") -> Dict[str, Any]:
     """Read and check one training checkpoint; CheckpointError if unreadable or incomplete."""
     state = load_file(path, CheckpointError, "checkpoint", map_location)  # weights_only=True: never runs code
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an amd_fast training checkpoint (format {FORMAT!r} expected)")
-    missing = [k for k in REQUIRED_KEYS if k not in state]
+    missing = [k for k in REQUIRED_KEYS + (model_key,) if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing}")
     return state
 
 
-def find_resume(folder: Path) -> Optional[Tuple[Path, Dict[str, Any]]]:
+def find_resume(folder: Path, model_key: str = "student") -> Optional[Tuple[Path, Dict[str, Any]]]:
     """The newest checkpoint in ``folder`` that loads; unreadable ones are skipped with a warning."""
     for step, path in reversed(list_checkpoints(folder)):
         try:
-            return path, load_checkpoint(path)
+            return path, load_checkpoint(path, model_key=model_key)
         except CheckpointError as e:
             log.warning("skipping %s", e)
     return None
@@ -105,8 +105,8 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 class CheckpointManager:
     """Saves (rank 0 only) and finds checkpoints in one folder."""
 
-    def __init__(self, folder: Path, keep_last: int, is_main: bool):
-        self.folder, self.keep_last, self.is_main = Path(folder), keep_last, is_main
+    def __init__(self, folder: Path, keep_last: int, is_main: bool, model_key: str = "student"):
+        self.folder, self.keep_last, self.is_main, self.model_key = Path(folder), keep_last, is_main, model_key
         if is_main:
             for p in remove_stale_temps(self.folder):
                 log.info("removed %s, left by a run killed while writing it", p.name)
@@ -125,8 +125,8 @@ class CheckpointManager:
         if resume == "none":
             return None
         if resume == "auto":
-            return find_resume(self.folder)
+            return find_resume(self.folder, self.model_key)
         path = Path(resume)
         if not path.is_file():
             raise CheckpointError(f"checkpoint.resume={resume!r}: no such file; use 'auto', 'none' or a path")
-        return path, load_checkpoint(path)
+        return path, load_checkpoint(path, model_key=self.model_key)

@@ -59,6 +59,16 @@ def clip_flops(model: ModelConfig, mask: MaskConfig) -> dict:
     return out
 
 
+def classifier_flops(model) -> float:
+    """Forward+backward FLOPs of one clip through the fine-tuning ViT (a ``ClassifierConfig``): every token
+    through every block, the patch embedding (weight gradient only) and the head."""
+    arch = get_arch(model.arch)
+    t, h, w = model.grid
+    n = t * h * w
+    patch_in = 3 * model.tubelet_size * model.patch_size ** 2
+    return 2 * (2 * n * patch_in * arch.dim) + 3 * (_blocks(n, arch.dim, arch.depth) + 2 * arch.dim * model.num_classes)
+
+
 def peak_flops(device_name: Optional[str]) -> Optional[float]:
     """Dense bf16 peak of a CUDA device by its name, or None when unknown (CPU, other GPUs)."""
     if not device_name:

@@ -27,26 +27,44 @@ log = logging.getLogger(__name__)
 NO_DECAY_NAMES = ("pos_embed", "mask_token", "cls_token")
 
 
+def _decays(model: nn.Module, name: str, p: torch.Tensor) -> bool:
+    skip = set(getattr(model, "no_weight_decay", lambda: set())())
+    return not (p.ndim <= 1 or name.endswith(".bias") or name in skip or any(k in name for k in NO_DECAY_NAMES))
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> List[Dict]:
     """Two AdamW groups: decayed weights and everything that must not decay (see module doc)."""
-    skip = set(getattr(model, "no_weight_decay", lambda: set())())
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim <= 1 or name.endswith(".bias") or name in skip or any(k in name for k in NO_DECAY_NAMES):
-            no_decay.append(p)
-        else:
-            decay.append(p)
+        if p.requires_grad:
+            (decay if _decays(model, name, p) else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay, "decay": True},
             {"params": no_decay, "weight_decay": 0.0, "decay": False}]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`; the fused CUDA kernel on CUDA."""
+def layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> List[Dict]:
+    """VideoMAE / BEiT layer-wise lr decay: ``model.layer_id(name)`` in 0..L+1 (``model.num_layers`` = L) puts
+    each parameter in a layer; a group per (layer, decays) with ``lr_scale = layer_decay ** (L + 1 - layer)``
+    (``apply_schedules`` multiplies the step's lr by it) and the same weight-decay rule as :func:`param_groups`."""
+    top = model.num_layers + 1
+    groups: Dict[tuple, Dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        layer, decays = model.layer_id(name), _decays(model, name, p)
+        g = groups.setdefault((layer, decays), {"params": [], "weight_decay": weight_decay if decays else 0.0,
+                                                 "decay": decays, "lr_scale": layer_decay ** (top - layer),
+                                                 "layer": layer})
+        g["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
+
+
+def build_optimizer(model_or_groups, cfg: OptimConfig, lr: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over parameter groups (a model: :func:`param_groups` of it); the fused CUDA kernel on CUDA."""
+    groups = param_groups(model_or_groups, cfg.weight_decay) if isinstance(model_or_groups, nn.Module) \
+        else model_or_groups
     fused = device.type == "cuda"
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                             fused=fused or None)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
 
 
 def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: int = 0,
@@ -89,10 +107,11 @@ def build_schedules(cfg: OptimConfig, total_steps: int, steps_per_epoch: int, gl
 
 
 def apply_schedules(optimizer: torch.optim.Optimizer, schedules: Schedules, step: int) -> None:
-    """Set this step's lr on every group and weight decay on the decaying groups."""
+    """Set this step's lr on every group (times the group's ``lr_scale``: layer-wise decay) and weight decay
+    on the decaying groups."""
     i = min(step, len(schedules.lr) - 1)
     lr, wd = float(schedules.lr[i]), float(schedules.weight_decay[i])
     for g in optimizer.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)
         if g.get("decay", g["weight_decay"] > 0):
             g["weight_decay"] = wd
