@@ -32,12 +32,16 @@ setup(
         # webdataset is not needed to build or read shards (amd_fast writes the tars and reads them by
         # their DALI index); the tests use it to prove that stock WebDataset reads our shards.
         "test": ["pytest>=8", "webdataset>=0.2.90,<2", "setuptools>=70.1"],  # setuptools: the wheel test
-        "bench": ["matplotlib>=3.8"],
+        # The bench's peer decoders. decord ships wheels for x86-64 Linux only; torchcodec also needs FFmpeg's
+        # shared libraries at run time (apt-get install ffmpeg), without which its rows read "not measured".
+        "bench": ["matplotlib>=3.8", "decord>=0.6; platform_machine == 'x86_64' and sys_platform == 'linux'",
+                  "torchcodec>=0.12; sys_platform == 'linux'"],
     },
     entry_points={
         "console_scripts": [
             "amd-shard=amd_fast.shard.__main__:main",
             "amd-train=amd_fast.train:main",
+            "amd-finetune=amd_fast.finetune.__main__:main",
         ],
     },
 )

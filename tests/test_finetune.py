@@ -215,6 +215,33 @@ def test_videomae_checkpoint_with_a_learned_position_table_is_interpolated():
     assert "head.weight" in load_pretrained(other, ckpt).skipped  # another class count: the head starts fresh
 
 
+def test_token_pooling_keeps_where_and_when():
+    """pool='tokens' feeds every fc_norm'ed token to the head (the demo's setting): moving one token's content to
+    another position changes the logits, which the reference's mean pooling (order-blind after the blocks)
+    cannot see; a mean-pooled checkpoint's head (another shape) is skipped, not forced in."""
+    from amd_fast.models.pretrained import load_pretrained
+
+    kw = dict(arch="vit_tiny_cpu", num_classes=3, input_size=16, patch_size=8, num_frames=4)
+    tokens, mean = VideoClassifier(ClassifierConfig(pool="tokens", **kw)), VideoClassifier(ClassifierConfig(**kw))
+    n = 2 * 2 * 2
+    assert tokens.head.in_features == n * 96 and mean.head.in_features == 96
+    torch.manual_seed(0)
+    with torch.no_grad():
+        tokens.head.weight.normal_()
+    feats = torch.randn(2, n, 96)
+    swapped = feats[:, torch.roll(torch.arange(n), 1)]
+
+    def head(x):  # the pooling step alone, after the blocks
+        return tokens.head(tokens.fc_norm(x).flatten(1))
+
+    assert not torch.allclose(head(feats), head(swapped))
+    assert tokens(torch.randn(2, 3, 4, 16, 16)).shape == (2, 3)
+    report = load_pretrained(tokens, {"model": mean.state_dict()})
+    assert "head.weight" in report.skipped and "fc_norm.weight" in report.loaded
+    with pytest.raises(ValueError, match="model.pool"):
+        ClassifierConfig(pool="max", **kw)
+
+
 def test_pretrained_file_of_another_architecture_names_both_shapes():
     from amd_fast.models import CheckpointImportError, load_pretrained
 

@@ -204,8 +204,16 @@ def random_erase(video: torch.Tensor, prob: float, generator: torch.Generator, a
     xs = torch.arange(W).view(1, 1, W)
     box = ((ys >= top.view(B, 1, 1)) & (ys < (top + h).view(B, 1, 1)) & (xs >= left.view(B, 1, 1))
            & (xs < (left + w).view(B, 1, 1)) & has.view(B, 1, 1))
-    noise = torch.randn(video.shape, generator=generator).to(video.device, video.dtype)
-    return torch.where(box.view(B, 1, 1, H, W).to(video.device), noise, video)
+    if not bool(has.any()):  # a CPU tensor: no device sync
+        return video
+    # The noise is drawn where the clips are: a CPU draw of the whole batch would cost a host-to-device copy
+    # of the clips' size every step. A device generator seeded from the CPU stream keeps runs reproducible.
+    noise_gen = generator
+    if video.device.type != "cpu":
+        noise_gen = torch.Generator(device=video.device)
+        noise_gen.manual_seed(int(torch.randint(2 ** 62, (), generator=generator)))
+    noise = torch.randn(video.shape, generator=noise_gen, device=video.device, dtype=video.dtype)
+    return torch.where(box.view(B, 1, 1, H, W).to(video.device, non_blocking=True), noise, video)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,9 @@ class ClassifierConfig:
 
     ``pretrained``: weights to start from (our step-*.pt / encoder.pth, or a VideoMAE / VideoMAEv2 / AMD
     file); ``None`` starts from random init. ``input_size`` / ``num_frames`` follow ``data`` (set once there).
+    ``pool``: ``mean`` (the reference: the mean over tokens, then ``fc_norm``) or ``tokens`` (``fc_norm`` on
+    every token, all of them flattened into the head: keeps where and when, for tiny models on data whose
+    class is a motion, as the CPU demo; the head then has tokens x width inputs per class).
     """
 
     arch: str = "vit_base"
@@ -42,6 +45,7 @@ class ClassifierConfig:
     drop_path: float = 0.1
     head_drop_rate: float = 0.0
     init_scale: float = 0.001
+    pool: str = "mean"
     use_checkpoint: bool = False
 
     def __post_init__(self):
@@ -51,6 +55,8 @@ class ClassifierConfig:
         if self.input_size % self.patch_size or self.num_frames % self.tubelet_size:
             raise ValueError(f"clip {self.num_frames}x{self.input_size} is not divisible by tubelet "
                              f"{self.tubelet_size} / patch {self.patch_size}")
+        if self.pool not in ("mean", "tokens"):
+            raise ValueError(f"model.pool={self.pool!r}; choose 'mean' (the reference) or 'tokens'")
         if not 0 <= self.drop_path < 1 or not 0 <= self.head_drop_rate < 1:
             raise ValueError("model.drop_path and model.head_drop_rate must be in [0, 1)")
 
@@ -58,6 +64,10 @@ class ClassifierConfig:
     def grid(self) -> Tuple[int, int, int]:
         side = self.input_size // self.patch_size
         return (self.num_frames // self.tubelet_size, side, side)
+
+    def head_inputs(self, dim: int) -> int:
+        t, h, w = self.grid
+        return dim if self.pool == "mean" else dim * t * h * w
 
 
 class VideoClassifier(nn.Module):
@@ -70,7 +80,7 @@ class VideoClassifier(nn.Module):
                                   drop_path=cfg.drop_path, use_checkpoint=cfg.use_checkpoint)
         self.fc_norm = LayerNorm(arch.dim)
         self.head_dropout = nn.Dropout(cfg.head_drop_rate)
-        self.head = nn.Linear(arch.dim, cfg.num_classes)
+        self.head = nn.Linear(cfg.head_inputs(arch.dim), cfg.num_classes)
         self._init_weights()
 
     def _init_weights(self):
@@ -100,10 +110,13 @@ class VideoClassifier(nn.Module):
         return self.num_layers + 1
 
     def forward_features(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, 3, T, H, W) normalized clips -> (B, D) pooled, fc_norm'ed features."""
+        """(B, 3, T, H, W) normalized clips -> the head's input: (B, D) pooled and fc_norm'ed (``pool='mean'``),
+        or (B, N * D) every token fc_norm'ed (``pool='tokens'``)."""
         tokens = self.encoder.patch_embed(video)
         x = tokens + self.encoder.pos_embed.to(tokens.dtype)
         x, _ = self.encoder.forward_tokens(x)
+        if self.cfg.pool == "tokens":
+            return self.fc_norm(x).flatten(1)
         return self.fc_norm(x.mean(dim=1))
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:

@@ -9,8 +9,11 @@ map onto ``model.encoder``:
 
 - ``attn.q_bias`` + ``attn.v_bias`` -> ``attn.qkv.bias`` (k third zero; see ``models.vit``);
 - ``gamma_1`` / ``gamma_2`` -> ``ls1.gamma`` / ``ls2.gamma``;
-- positional tables are skipped (we rebuild the fixed sin-cos table for our grid), as are
-  classifier parts (``head``, ``fc_norm``) and blocks past a teacher's early exit.
+- a fixed sin-cos position table is skipped (we rebuild it for our grid); a learned one (VideoMAEv2
+  fine-tuned models) is resampled to our grid, bicubic over space as the reference, linear over time;
+- a classifier's ``head`` / ``fc_norm`` are loaded into a model that has them at the same shape (a fine-tuned
+  release file evaluated as is), else skipped (another class count, as the reference drops it); blocks past
+  a teacher's early exit are skipped.
 
 Unlike the reference (non-strict load that prints missing keys), missing patch-embed or block
 weights raise ``CheckpointImportError`` (a ``ValueError``) naming them. A missing final ``norm``

@@ -66,7 +66,8 @@ def classifier_flops(model) -> float:
     t, h, w = model.grid
     n = t * h * w
     patch_in = 3 * model.tubelet_size * model.patch_size ** 2
-    return 2 * (2 * n * patch_in * arch.dim) + 3 * (_blocks(n, arch.dim, arch.depth) + 2 * arch.dim * model.num_classes)
+    return 2 * (2 * n * patch_in * arch.dim) + 3 * (_blocks(n, arch.dim, arch.depth)
+                                                       + 2 * model.head_inputs(arch.dim) * model.num_classes)
 
 
 def peak_flops(device_name: Optional[str]) -> Optional[float]:
