@@ -7,8 +7,8 @@
 2. Pretrains a tiny VideoMAE teacher (``model.teacher=null``, ``vit_mini_cpu``).
 3. Pretrains two tiny students of the same size (``vit_tiny_cpu``) with the same budget (steps, batch,
    masks, targets): one distilled from the frozen teacher (AMD), one as plain VideoMAE.
-4. Fine-tunes each student, and a randomly initialised one, with ``configs/finetune-tiny-cpu.yaml`` (the
-   reference recipe's structure at tiny scale) and tests them on the val split (2 x 3 views).
+4. Fine-tunes each student, and a randomly initialised one, with ``configs/finetune-tiny-cpu.yaml`` and the
+   demo's fine-tuning settings (below), and tests them on the val split (2 x 3 views).
 5. Linear-probes the three frozen encoders, and prints one table: fine-tuned top-1 and probe accuracy.
 
 Demo-only settings (``DEMO_OVERRIDES``, applied before your own overrides), and why. The paper's
