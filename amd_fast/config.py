@@ -110,6 +110,10 @@ class TrainConfig:
     cpu_threads: Optional[int] = None
     dist_timeout_s: float = 300.0
 
+    def bf16_autocast(self, device) -> bool:
+        """Whether steps on ``device`` (a torch.device) run under bf16 autocast (``amp``)."""
+        return self.amp == "bf16" or (self.amp == "auto" and device.type == "cuda")
+
     def __post_init__(self):
         _choice("train.device", self.device, ("auto", "cpu", "cuda"))
         _choice("train.amp", self.amp, ("auto", "bf16", "none"))

@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     p.add_argument("--student-steps", type=int, default=900, help="for each of the two students")
     p.add_argument("--finetune-steps", type=int, default=200, help="for each of the three fine-tunings")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="applied to the pretraining runs")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # key=value overrides before or after the flags
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     return run_cli(lambda: demo(args), "amd_fast.demo", "finished steps are kept; run the same command again")

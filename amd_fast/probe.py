@@ -91,7 +91,7 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("--pool", choices=("mean", "tokens"), default="mean",
                    help="features per clip: mean over tokens (default) or all tokens flattened")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # key=value overrides before or after the flags
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def probe() -> None:

@@ -21,7 +21,7 @@ def main(argv=None) -> int:
     p.add_argument("--config", help="YAML config (see configs/); defaults are used for what it leaves out")
     p.add_argument("--print-config", action="store_true", help="print the merged config and exit")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # key=value overrides before or after the flags
 
     def train() -> int:
         from amd_fast.config import load_config

@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     p.add_argument("--eval", action="store_true", help="only evaluate (the multi-view test), no training")
     p.add_argument("--print-config", action="store_true", help="print the merged config and exit")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # key=value overrides before or after the flags
 
     def finetune() -> int:
         from amd_fast.finetune.config import load_finetune_config

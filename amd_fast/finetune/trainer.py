@@ -124,7 +124,7 @@ def evaluate_only(cfg: FinetuneConfig, info: DistInfo) -> Optional[evaluate.Eval
     elif not cfg.model.pretrained:
         raise InputError(f"--eval: no checkpoint in {cfg.checkpoint_dir} and no model.pretrained: nothing to evaluate")
     model.to(info.device)
-    amp = cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and info.device.type == "cuda")
+    amp = cfg.train.bf16_autocast(info.device)
     data = dataclasses.replace(cfg.data, device=str(info.device))
     ec = cfg.eval
     result = evaluate.evaluate(model, data, info, split=ec.split, segments=ec.test_segments, crops=ec.test_crops,

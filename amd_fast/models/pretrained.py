@@ -64,7 +64,7 @@ def _read(path_or_state: Union[str, os.PathLike, Mapping]) -> Mapping:
     path = Path(path_or_state)
     if not path.is_file():
         raise CheckpointImportError(f"checkpoint {str(path)!r} does not exist; "
-                                    "check the path (model.teacher_checkpoint, or probe's --weights)")
+                                    "check the path given (model.pretrained, model.teacher_checkpoint or probe's --weights)")
     # weights_only=True with an allowlist for what release checkpoints carry (their argparse args)
     ckpt = load_file(path, CheckpointImportError, "checkpoint")
     if not isinstance(ckpt, Mapping):

@@ -169,7 +169,7 @@ class TrainerBase:
         tc = cfg.train
         if self.device.type == "cpu":
             set_cpu_threads(tc.cpu_threads)
-        self.amp = tc.amp == "bf16" or (tc.amp == "auto" and self.device.type == "cuda")
+        self.amp = tc.bf16_autocast(self.device)
         self.ops_impl = ops.configured_impl(tc.ops_impl)
 
         data_cfg = self.data_config()
