@@ -137,7 +137,10 @@ class CheckpointConfig:
     fresh), 'none', or a checkpoint path. ``save_on_signal``: SIGTERM/SIGINT save a checkpoint, then exit.
     ``export_encoder``: at the end, also write the student encoder (VideoMAE names) to ``<dir>/encoder.pth``,
     loadable as a teacher via ``model.teacher_checkpoint``. ``allow_config_change``: resume even when the
-    checkpoint was trained with another model or clip shape (other changes are only printed)."""
+    checkpoint was trained with another model or clip shape (other changes are only printed).
+    ``overwrite``: start this run in a folder that holds another one (another task, or ``resume=none``)
+    by moving that run's files into ``<log.dir>/replaced/<time>-<task>-<id>/``; nothing is deleted
+    (without it such a start is refused: ``amd_fast.trainer.run_folder``)."""
 
     dir: Optional[str] = None
     every_n_steps: int = 1000
@@ -146,6 +149,7 @@ class CheckpointConfig:
     save_on_signal: bool = True
     export_encoder: bool = True
     allow_config_change: bool = False
+    overwrite: bool = False
 
     def __post_init__(self):
         if self.every_n_steps < 1:

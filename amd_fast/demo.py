@@ -33,14 +33,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
+import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import List, Optional
 
 import torch
 
 from amd_fast.config import Config, load_config
+from amd_fast.cores import usable_cores
 from amd_fast.errors import run_cli
 
 log = logging.getLogger("amd_fast.demo")
@@ -52,6 +57,48 @@ DEMO_OVERRIDES = ["mask.student_ratio=0.5", "mask.teacher_ratio=0.25", "loss.nor
 DEMO_FINETUNE_OVERRIDES = ["model.pool=tokens", "aug.mixup=0", "aug.cutmix=0", "aug.randaugment=", "aug.reprob=0",
                            "model.drop_path=0", "data.rrc_scale=[0.8,1.0]"]
 PROBE_POOL = "tokens"
+
+
+@dataclass
+class Phase:
+    name: str
+    seconds: float
+    clips_per_s: Optional[float] = None  # training / feature clips per second, where the phase has one
+    note: str = ""
+
+
+class PhaseLog:
+    """Wall time per demo phase, for the closing table and ``summary.json``."""
+
+    def __init__(self):
+        self.phases: List[Phase] = []
+        self.t0 = time.perf_counter()
+
+    def add(self, name: str, started: float, clips_per_s: Optional[float] = None, note: str = "") -> None:
+        self.phases.append(Phase(name, time.perf_counter() - started, clips_per_s, note))
+
+    @property
+    def total_s(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def table(self) -> str:
+        rows = [f"  {'phase':<50} {'wall':>8} {'clips/s':>8}  note"]
+        for p in self.phases:
+            rate = f"{p.clips_per_s:8.1f}" if p.clips_per_s else f"{'-':>8}"
+            rows.append(f"  {p.name:<50} {p.seconds:7.1f}s {rate}  {p.note}")
+        rows.append(f"  {'total (wall, lanes side by side)':<50} {self.total_s:7.1f}s")
+        return "\n".join(rows)
+
+
+def machine() -> dict:
+    """What the timings were measured on."""
+    model = ""
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"cpu": model or platform.processor(), "cores": usable_cores(), "python": platform.python_version(),
+            "torch": torch.__version__}
 
 
 def build_demo_shards(out: Path, count: int, classes: int) -> Path:
@@ -72,7 +119,8 @@ def pretrain(config: str, overrides: list, log_dir: Path):
 
 
 def finetune(shards: Path, encoder, log_dir: Path, steps: int):
-    """Fine-tune (from ``encoder``, or random init when None) and test; returns the multi-view EvalResult."""
+    """Fine-tune (from ``encoder``, or random init when None) and test; returns the FitResult (``.eval``: the
+    multi-view test)."""
     from amd_fast.finetune.config import load_finetune_config
     from amd_fast.finetune.trainer import run
 
@@ -81,7 +129,7 @@ def finetune(shards: Path, encoder, log_dir: Path, steps: int):
     result = run(load_finetune_config(FINETUNE_CONFIG, overrides))
     if result.interrupted:
         raise KeyboardInterrupt
-    return result.eval
+    return result
 
 
 def main(argv=None) -> int:
@@ -94,6 +142,8 @@ def main(argv=None) -> int:
     p.add_argument("--teacher-steps", type=int, default=600)
     p.add_argument("--student-steps", type=int, default=900, help="for each of the two students")
     p.add_argument("--finetune-steps", type=int, default=200, help="for each of the three fine-tunings")
+    p.add_argument("--lanes", type=int, default=min(2, usable_cores()),
+                   help="processes side by side, one torch thread each (default: 2, or 1 on a 1-core machine)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="applied to the pretraining runs")
     args = p.parse_intermixed_args(argv)  # key=value overrides before or after the flags
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -101,53 +151,125 @@ def main(argv=None) -> int:
     return run_cli(lambda: demo(args), "amd_fast.demo", "finished steps are kept; run the same command again")
 
 
-def demo(args) -> int:
-    t0 = time.perf_counter()
-    out = Path(args.out)
-    log.info("1/5 synthetic shards in %s", args.shards)
-    shards = build_demo_shards(Path(args.shards), args.videos, args.classes)
-    # train.epochs is set high so that max_steps alone decides the length of each run.
-    common = [f"data.shards={shards}", "checkpoint.resume=auto", "train.epochs=100000", "log.tensorboard=true",
-              *DEMO_OVERRIDES, *args.overrides]
-    log.info("demo settings (see the module docstring for why): %s", " ".join(DEMO_OVERRIDES))
+def _lane_logging(name: str) -> None:
+    """A lane process logs with its name (two lanes' lines interleave on one terminal)."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{name}] %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", force=True)
 
-    log.info("2/5 pretraining a tiny VideoMAE teacher (%d steps)", args.teacher_steps)
+
+def _lane_distilled(args, shards: Path, common: list) -> dict:
+    """Lane 1: the teacher, the AMD student distilled from it, its fine-tune and its probe."""
+    out, phases, results = Path(args.out), [], {}
+    t = time.perf_counter()
     teacher = pretrain(args.config, [*common, "model.student=vit_mini_cpu", "model.teacher=null",
                                      f"train.max_steps={args.teacher_steps}"], out / "teacher")
+    phases.append(Phase("teacher (VideoMAE, vit_mini_cpu)", time.perf_counter() - t, teacher.clips_per_s,
+                        f"{teacher.step} steps"))
     teacher_encoder = Path(teacher.checkpoint_dir) / "encoder.pth"
-
-    log.info("3/5 two students of one size and budget (%d steps each): AMD from the teacher, and VideoMAE",
-             args.student_steps)
-    student_steps = f"train.max_steps={args.student_steps}"
+    t = time.perf_counter()
     amd = pretrain(args.config, [*common, "model.teacher=vit_mini_cpu", f"model.teacher_checkpoint={teacher_encoder}",
-                                 student_steps], out / "student")
-    videomae = pretrain(args.config, [*common, "model.teacher=null", student_steps], out / "student-videomae")
-    encoders = {"AMD (distilled)": Path(amd.checkpoint_dir) / "encoder.pth",
-                "VideoMAE": Path(videomae.checkpoint_dir) / "encoder.pth", "random init": None}
+                                 f"train.max_steps={args.student_steps}"], out / "student")
+    phases.append(Phase("student: AMD (distilled)", time.perf_counter() - t, amd.clips_per_s, f"{amd.step} steps"))
+    encoder = Path(amd.checkpoint_dir) / "encoder.pth"
+    results["AMD (distilled)"] = _tune_and_probe(args, shards, common, "AMD (distilled)", encoder, phases)
+    return {"phases": phases, "results": results, "amd_last": amd.last}
 
-    log.info("4/5 fine-tuning each (%d steps) and testing on val (2 x 3 views); demo settings: %s",
-             args.finetune_steps, " ".join(DEMO_FINETUNE_OVERRIDES))
-    tuned = {name: finetune(shards, enc, out / f"finetune-{name.split()[0].lower()}", args.finetune_steps)
-             for name, enc in encoders.items()}
 
-    log.info("5/5 linear probes (%s features) of the frozen encoders", PROBE_POOL)
-    base_cfg = load_config(args.config, [*common, "model.teacher=null"])
-    probes = {name: probe(base_cfg, enc) for name, enc in encoders.items()}
+def _lane_plain(args, shards: Path, common: list) -> dict:
+    """Lane 2: the VideoMAE student with the same budget, its fine-tune and probe, and the random-init baseline."""
+    out, phases, results = Path(args.out), [], {}
+    t = time.perf_counter()
+    videomae = pretrain(args.config, [*common, "model.teacher=null", f"train.max_steps={args.student_steps}"],
+                        out / "student-videomae")
+    phases.append(Phase("student: VideoMAE", time.perf_counter() - t, videomae.clips_per_s,
+                        f"{videomae.step} steps"))
+    results["VideoMAE"] = _tune_and_probe(args, shards, common, "VideoMAE",
+                                          Path(videomae.checkpoint_dir) / "encoder.pth", phases)
+    results["random init"] = _tune_and_probe(args, shards, common, "random init", None, phases)
+    return {"phases": phases, "results": results}
 
-    minutes = (time.perf_counter() - t0) / 60
-    last = amd.last
-    print(f"\nAMD demo done in {minutes:.1f} min (2 CPU cores; AMD student step {last.get('clips_per_s', 0):.0f} "
-          f"clips/s, data wait {100 * last.get('data_wait', 0):.0f}% of step time)")
+
+def _tune_and_probe(args, shards: Path, common: list, name: str, encoder: Optional[Path], phases: list) -> dict:
+    t = time.perf_counter()
+    fit = finetune(shards, encoder, Path(args.out) / f"finetune-{name.split()[0].lower()}", args.finetune_steps)
+    phases.append(Phase(f"fine-tune + test: {name}", time.perf_counter() - t, fit.clips_per_s,
+                        f"{fit.step} steps, test {fit.eval.videos} videos x {fit.eval.views} views"))
+    t = time.perf_counter()
+    probed = probe(load_config(args.config, [*common, "model.teacher=null"]), encoder)
+    phases.append(Phase(f"linear probe: {name}", time.perf_counter() - t, probed.get("clips_per_s"),
+                        f"{PROBE_POOL} features of train + val"))
+    return {"top1": fit.eval.top1, "views": fit.eval.views, "videos": fit.eval.videos,
+            "probe_val_acc": probed["val_acc"], "chance": probed["chance"]}
+
+
+def _run_lane(lane_name, args, shards, common):
+    _lane_logging(lane_name)
+    torch.set_num_threads(1)
+    return LANES[lane_name](args, shards, common)
+
+
+LANES = {"lane 1": _lane_distilled, "lane 2": _lane_plain}
+
+
+def demo(args) -> int:
+    out = Path(args.out)
+    phases = PhaseLog()
+    t = time.perf_counter()
+    log.info("1/3 synthetic shards in %s", args.shards)
+    shards = build_demo_shards(Path(args.shards), args.videos, args.classes)
+    phases.add("shard build", t, note=f"{args.videos} VP9 videos (reused when present)")
+    # train.epochs is set high so that max_steps alone decides the length of each run. Each lane trains with
+    # one torch thread (deterministic, and two single-thread lanes use 2 cores better than one 2-thread run).
+    common = [f"data.shards={shards}", "checkpoint.resume=auto", "train.epochs=100000", "log.tensorboard=true",
+              "train.cpu_threads=1", *DEMO_OVERRIDES, *args.overrides]
+    log.info("demo settings (see the module docstring for why): %s", " ".join(DEMO_OVERRIDES))
+    log.info("2/3 two lanes side by side: [lane 1] teacher (%d steps) -> AMD student (%d) -> fine-tune (%d) -> "
+             "probe; [lane 2] VideoMAE student (%d) -> fine-tune -> probe, random init -> fine-tune -> probe",
+             args.teacher_steps, args.student_steps, args.finetune_steps, args.student_steps)
+    lanes_out = {}
+    if args.lanes > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        from amd_fast import demo as this  # by its import name, also when run as __main__ (spawn re-imports it)
+
+        # spawn: a fresh interpreter per lane (no forked torch / DALI state)
+        with ProcessPoolExecutor(max_workers=len(LANES), mp_context=mp.get_context("spawn")) as pool:
+            futures = {name: pool.submit(this._run_lane, name, args, shards, common + ["log.progress=false"])
+                       for name in LANES}
+            lanes_out = {name: f.result() for name, f in futures.items()}
+    else:
+        torch.set_num_threads(1)  # as in the lanes: the same table whichever way it runs
+        lanes_out = {name: lane(args, shards, common) for name, lane in LANES.items()}
+    log.info("3/3 results")
+    for name, lane in lanes_out.items():
+        for p in lane["phases"]:
+            phases.phases.append(dataclasses.replace(p, name=f"[{name}] {p.name}"))
+    results = {k: v for lane in lanes_out.values() for k, v in lane["results"].items()}
+    encoders = ["AMD (distilled)", "VideoMAE", "random init"]
+
+    last = lanes_out["lane 1"]["amd_last"]
+    print(f"\nAMD demo done in {phases.total_s / 60:.1f} min ({machine()['cores']} CPU cores, {args.lanes} lane(s); "
+          f"AMD student step {last.get('clips_per_s', 0):.0f} clips/s, data wait {100 * last.get('data_wait', 0):.0f}% "
+          "of step time)")
+    print(phases.table())
+    print()
     print(f"  {'student (vit_tiny_cpu, ' + str(args.student_steps) + ' pretraining steps)':<46} "
           f"{'fine-tuned val top-1':>21} {'linear probe val acc':>21}")
     for name in encoders:
-        print(f"  {name:<46} {100 * tuned[name].top1:>20.1f}% {100 * probes[name]['val_acc']:>20.1f}%")
-    chance = probes["random init"]["chance"]
-    print(f"  (chance = majority class {100 * chance:.1f}%; {tuned['random init'].videos} val videos, "
-          f"{tuned['random init'].views} views each; fine-tuning: {args.finetune_steps} steps of "
+        print(f"  {name:<46} {100 * results[name]['top1']:>20.1f}% {100 * results[name]['probe_val_acc']:>20.1f}%")
+    base = results["random init"]
+    print(f"  (chance = majority class {100 * base['chance']:.1f}%; {base['videos']} val videos, "
+          f"{base['views']} views each; fine-tuning: {args.finetune_steps} steps of "
           f"configs/finetune-tiny-cpu.yaml with the demo's settings)")
     print(f"  runs: {out}/teacher, student, student-videomae, finetune-* (metrics.jsonl, eval/test.json + "
-          "confusion PNG, checkpoints)")
+          f"confusion PNG, checkpoints); timings: {out}/summary.json")
+    summary = {"total_s": phases.total_s, "machine": machine(), "lanes": args.lanes,
+               "phases": [dataclasses.asdict(p) for p in phases.phases], "results": results,
+               "settings": {"teacher_steps": args.teacher_steps, "student_steps": args.student_steps,
+                            "finetune_steps": args.finetune_steps, "videos": args.videos}}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return 0
 
 

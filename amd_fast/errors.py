@@ -4,7 +4,9 @@
   dataset listing). The message names the problem and the fix; the CLI prints it and exits 2.
 - :class:`RunFailed`: the input was fine but the run could not finish (a non-finite loss, too many
   undecodable videos, a stalled rank, a full disk). The CLI prints the message and exits 1.
-- ``KeyboardInterrupt`` (Ctrl-C) exits 130; what was already written is kept.
+- ``KeyboardInterrupt`` (Ctrl-C) and SIGTERM (a scheduler's stop) exit 130 with one line; what was already
+  written is kept. Trainers catch both signals themselves while they train (to save a checkpoint first),
+  then hand them back here, so a final evaluation stops within seconds instead of running into SIGKILL.
 - ``OSError`` (a folder that cannot be created, permissions, a full disk) exits 1 with its message.
 
 Anything else is a bug and keeps its traceback (exit 1). The concrete errors subclass these where
@@ -13,6 +15,7 @@ standard-library only: ``amd_fast.bootstrap`` uses it before anything is install
 """
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Callable
 
@@ -36,6 +39,7 @@ class RunFailed(RuntimeError):
 def run_cli(main: Callable[[], "int | None"], prog: str,
             interrupted_hint: str = "what was finished is kept; rerun the same command to continue") -> int:
     """Call ``main()`` and turn its outcome into the exit code every amd_fast command uses."""
+    previous = _raise_on_sigterm()
     try:
         rc = main()
     except InputError as e:
@@ -50,4 +54,19 @@ def run_cli(main: Callable[[], "int | None"], prog: str,
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted; {interrupted_hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return EXIT_OK if rc is None else int(rc)
+
+
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _raise_on_sigterm():
+    """SIGTERM raises KeyboardInterrupt (so it ends like Ctrl-C); returns the handler it replaced."""
+    try:
+        return signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        return None

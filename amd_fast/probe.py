@@ -6,6 +6,10 @@ standardised features, fitted full-batch with L-BFGS (deterministic, no learning
 penalty ``weight_decay``; the score is top-1 accuracy on the other split.
 
     python -m amd_fast.probe --config configs/tiny-cpu.yaml --weights runs/tiny-cpu/checkpoints/encoder.pth
+
+It fits on ``--train-split`` (default train) and scores on ``--val-split`` (default val; e.g. ``test`` for
+UCF101 / HMDB51 shards). Both splits are opened, and the weights checked (shapes, depth, NaN / inf), before
+any feature is extracted: bad input exits 2 with one line naming it.
 """
 from __future__ import annotations
 
@@ -82,6 +86,22 @@ def probe_model(model: nn.Module, data_cfg: DataConfig, train_split: str = "trai
                         extract_features(model, data_cfg, val_split, pool), weight_decay)
 
 
+def _fine_tuning_config(path) -> None:
+    """A ConfigError that says so when ``path`` is a fine-tuning config (aug / eval sections, model.arch)."""
+    import yaml
+
+    from amd_fast.config import ConfigError
+
+    try:
+        raw = yaml.safe_load(open(path))
+    except Exception:  # unreadable: the original error says why
+        return
+    if isinstance(raw, dict) and ({"aug", "eval"} & set(raw) or "arch" in (raw.get("model") or {})):
+        raise ConfigError(f"{path} is a fine-tuning config (aug / eval sections, model.arch): the probe takes a "
+                          "pretraining config (model.student, data), e.g. configs/tiny-cpu.yaml or the one the "
+                          "encoder was pretrained with")
+
+
 def main(argv: Optional[list] = None) -> int:
     from amd_fast.errors import run_cli
 
@@ -90,23 +110,37 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("--weights", help="encoder.pth / training checkpoint; omitted: a randomly initialised student")
     p.add_argument("--pool", choices=("mean", "tokens"), default="mean",
                    help="features per clip: mean over tokens (default) or all tokens flattened")
+    p.add_argument("--train-split", default="train", help="the split the probe is fitted on (default: train)")
+    p.add_argument("--val-split", default="val", help="the split it is scored on (default: val; UCF101 / HMDB51: test)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = p.parse_intermixed_args(argv)  # key=value overrides before or after the flags
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def probe() -> None:
-        from amd_fast.config import load_config
+        from amd_fast.config import ConfigError, load_config
+        from amd_fast.finetune.evaluate import open_splits
         from amd_fast.models import build_student, load_pretrained
 
-        cfg = load_config(args.config, args.overrides)
+        try:
+            cfg = load_config(args.config, args.overrides)
+        except ConfigError:
+            _fine_tuning_config(args.config)  # a clearer message for the likely mix-up, else the original
+            raise
+        splits = open_splits(cfg.data.shards, [("--train-split", args.train_split), ("--val-split", args.val_split)])
+        for split, found in splits.items():
+            if found.manifest is not None and not found.manifest.get("classes"):
+                raise ConfigError(f"the {split!r} shards carry no class labels (their manifest lists no classes): "
+                                  "a linear probe needs labelled shards; build them from a labelled source")
         torch.manual_seed(cfg.train.seed)
         student = build_student(cfg.model)
         if args.weights:  # encoder.pth, a VideoMAE/AMD checkpoint or one of our step-*.pt: the encoder is what counts
             load_pretrained(student, args.weights)
         device = "cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu"
-        res = probe_model(student.to(device), dataclasses.replace(cfg.data, device=device), pool=args.pool)
+        res = probe_model(student.to(device), dataclasses.replace(cfg.data, device=device), args.train_split,
+                          args.val_split, pool=args.pool)
         print(f"linear probe: train acc {res['train_acc']:.3f}, val acc {res['val_acc']:.3f} "
-              f"({res['num_train']} train / {res['num_val']} val videos, majority class {res['chance']:.3f})")
+              f"({res['num_train']} {args.train_split} / {res['num_val']} {args.val_split} videos, majority class "
+              f"{res['chance']:.3f})")
 
     return run_cli(probe, "amd_fast.probe")
 

@@ -30,10 +30,11 @@ def main(argv=None) -> int:
         if args.print_config:
             print(cfg.to_yaml(), end="")
             return 0
+        from amd_fast.errors import EXIT_INTERRUPTED
         from amd_fast.trainer.loop import run
 
-        run(cfg)
-        return 0
+        result = run(cfg)
+        return EXIT_INTERRUPTED if result.interrupted else 0  # `train && next` must not go on after a stop
 
     return run_cli(train, "amd_fast.train")
 

@@ -21,15 +21,22 @@ Parts (``--parts``, comma separated; default all four):
   all-eager path (see ``bench/parts/train.py`` for the exact definition of each path).
 
 Outputs: ``<out>/<device>-<date>.json`` (the record: one entry per measured path),
-``.md`` (tables) and ``.png`` (chart), plus a one-screen summary on stdout.
+``.md`` (tables) and ``.png`` (chart), plus a one-screen summary on stdout, printed before the files are
+written (if they cannot be written after all, the full tables follow on stdout and the JSON goes to a
+temporary file). Every option is checked before anything is measured: names, sizes and counts (>= 1),
+and that ``--out`` is a folder this process can write (it is created if missing); bad input exits 2 with
+one line.
 Run from anywhere; the repository root is put on ``sys.path`` below so that ``bench.*``
 (this folder, a namespace package) and an un-installed checkout of ``amd_fast`` import.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,9 +61,7 @@ def _int_list(text: str) -> list[int]:
         vals = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,2,4 (got {text!r})")
-    if not vals or min(vals) < 0:
-        raise argparse.ArgumentTypeError(f"expected non-negative integers like 1,2,4 (got {text!r})")
-    return vals
+    return vals  # the values' range is checked by validate(), which names the option in one line
 
 
 def _str_list(text: str) -> list[str]:
@@ -127,7 +132,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# Every size / count option, each must be >= 1: a 0 would otherwise fall back to the default silently (the
+# parts read ``args.x or default``) or crash deep inside a part (``--kernel-batch 0``: a reshape).
+COUNT_OPTIONS = ("repeats", "num_sample", "loader_videos", "loader_batch_size", "loader_batches", "input_size",
+                 "num_frames", "sampling_rate", "decode_videos", "train_steps", "train_batch_size",
+                 "train_num_sample", "train_workers")
+COUNT_LISTS = ("loader_workers", "loader_pipelines", "gops", "kernel_batch")
+
+
 def validate(args: argparse.Namespace) -> None:
+    """Every option a part would reject, checked before anything is measured (one line, exit 2)."""
     unknown = [p for p in args.parts if p not in PARTS]
     if unknown or not args.parts:
         raise InputError(f"--parts: unknown {unknown or 'empty list'}; choose from {','.join(PARTS)}")
@@ -136,17 +150,48 @@ def validate(args: argparse.Namespace) -> None:
         raise InputError(f"--loaders: unknown {unknown}; choose from dali,eager,torchcodec,decord")
     if args.shards is None and args.split != "train":
         raise InputError("--split: the bench's own shards have a train split only; pass --shards for others")
-    for name in ("repeats", "loader_batch_size", "loader_batches", "train_steps", "train_batch_size",
-                 "train_num_sample", "train_workers", "num_sample", "loader_videos"):
+    for name in COUNT_OPTIONS:
         v = getattr(args, name)
         if v is not None and v < 1:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1 (got {v})")
+    for name in COUNT_LISTS:
+        v = getattr(args, name)
+        if v is not None and (not v or min(v) < 1):
+            raise InputError(f"--{name.replace('_', '-')} takes integers >= 1 like 1,2,4 (got "
+                             f"{','.join(map(str, v)) or 'nothing'})")
     if args.warmup is not None and args.warmup < 0:
         raise InputError(f"--warmup must be >= 0 (got {args.warmup})")
+    from bench.parts import kernels, train
+
+    for option, given, known in (("kernel-ops", args.kernel_ops, kernels.OPS),
+                                 ("kernel-shapes", args.kernel_shapes, kernels.SHAPES),
+                                 ("train-models", args.train_models, train.MODELS),
+                                 ("train-paths", args.train_paths, train.PATHS)):
+        unknown = [x for x in given or [] if x not in known]
+        if unknown:
+            raise InputError(f"--{option}: unknown {unknown}; choose from {','.join(known)}")
+    if args.shards is not None and {"loaders", "train"} & set(args.parts):
+        from bench.parts.shards import manifest_path
+
+        m = manifest_path(args.shards, args.split)
+        if not m.is_file():
+            raise InputError(f"--shards {args.shards}: no {m.name} there; build shards with `python -m amd_fast.shard "
+                             f"... --out {args.shards}` or pass the folder that holds the manifest")
 
 
-def summary(record: dict, paths: dict, seconds: float) -> str:
-    """The one-screen stdout summary: headline ratios, then where the full tables are."""
+def check_out(out: Path) -> None:
+    """``--out`` must be a folder we can write, before minutes of measuring: create it, write a temp file."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise InputError(f"--out {out}: cannot write there ({e.strerror or e}); pass a folder you can write "
+                         "(it is created if missing)") from None
+
+
+def summary(record: dict, seconds: float) -> str:
+    """The one-screen stdout summary: headline numbers and ratios (printed before the files are written)."""
     entries = record["entries"]
     env = record["environment"]
     lines = [f"amd_fast bench on {env['device']} ({env.get('gpu_name') or env['cpu_model']}), {seconds:.0f} s"]
@@ -181,7 +226,6 @@ def summary(record: dict, paths: dict, seconds: float) -> str:
     skipped = [e for e in entries if e.get("status", "measured") != "measured"]
     if skipped:
         lines.append(f"{len(skipped)} entries not measured (reasons in the .md/.json), e.g. {skipped[0].get('status')}")
-    lines += [f"wrote {p}" for p in paths.values()]
     return "\n".join(lines)
 
 
@@ -194,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def bench(args: argparse.Namespace) -> int:
     validate(args)
+    check_out(args.out)
     device = resolve_device(args.device)
     t0 = time.perf_counter()
     env = timing.environment(device)
@@ -202,6 +247,7 @@ def bench(args: argparse.Namespace) -> int:
     log.info("bench on %s (%s); parts: %s", device, env.get("gpu_name") or env["cpu_model"], ",".join(args.parts))
 
     failed: list[str] = []
+    bad_input: list[str] = []
     shards = None
     if "train" in args.parts:
         from bench.parts import shards as shard_part
@@ -224,8 +270,14 @@ def bench(args: argparse.Namespace) -> int:
             from bench.parts import train as mod
         try:
             entries, settings, notes = mod.run(args, device, shards=shards)
-        except (InputError, KeyboardInterrupt):
+        except KeyboardInterrupt:
             raise
+        except InputError as err:  # input only this part rejects: keep the other parts' numbers, exit 2
+            log.error("part %s: %s", part, err)
+            failed.append(part)
+            bad_input.append(f"part {part}: {err}")
+            record["notes"].append(f"Part {part} NOT RUN (bad input: {err}); its numbers are missing from this record.")
+            continue
         except Exception as err:  # keep the other parts' numbers; the failure is recorded and the exit code set
             log.exception("part %s failed", part)
             failed.append(part)
@@ -237,16 +289,36 @@ def bench(args: argparse.Namespace) -> int:
         record["notes"] += notes
         record["settings"][f"{part}_seconds"] = round(time.perf_counter() - tp, 1)
 
+    if bad_input and not record["entries"]:
+        raise InputError("; ".join(bad_input))  # nothing was measured: nothing to write
     seconds = time.perf_counter() - t0
     record["settings"]["total_seconds"] = round(seconds, 1)
     record["environment"]["loadavg_end"] = timing.load_average()
-    # A run with a failed part never replaces a complete record of the same device and day.
-    paths = report.write_all(record, args.out, suffix="-partial" if failed else "")
-    print(summary(record, paths, seconds))
+    # The figures reach stdout before any file is written, so a failed write cannot lose them.
+    print(summary(record, seconds), flush=True)
+    paths = write_record(record, args.out, suffix="-partial" if failed else "")
+    print("\n".join(f"wrote {p}" for p in paths.values()))
+    if bad_input:
+        raise InputError("; ".join(bad_input) + f" (the other parts' numbers are in {paths['json']})")
     if failed:
         raise RunFailed(f"part(s) {', '.join(failed)} failed (tracebacks above); the other parts' numbers are in "
                         f"{paths['json']}")
     return 0
+
+
+def write_record(record: dict, out: Path, suffix: str) -> dict:
+    """``report.write_all``; a run with a failed part never replaces a complete record of the same device and
+    day (``suffix``). If the folder refuses the files after all (full disk, permissions changed during the
+    run), the full tables go to stdout and the JSON record to a temporary file, and the run fails naming it."""
+    try:
+        return report.write_all(record, out, suffix=suffix)
+    except OSError as e:
+        print(report.markdown(record), flush=True)
+        fd, fallback = tempfile.mkstemp(prefix="amd_fast-bench-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=2, default=str)
+        raise RunFailed(f"could not write the results to {out} ({e.strerror or e}); the tables are printed above "
+                        f"and the record is saved in {fallback}") from None
 
 
 if __name__ == "__main__":

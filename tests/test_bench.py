@@ -66,6 +66,12 @@ def test_loaders_part_tiny_run_measures_loaders_peers_and_decode(tmp_path, synth
         assert e["clips_per_s"] > 0 and e["workers"] == 1 and e["num_sample"] == 2 and e["cpu_s_per_clip"] > 0
     for e in clips.values():  # a peer that is not installed is "not measured", never a made-up number
         assert (e["clips_per_s"] is None) == e["status"].startswith("not measured")
+    from amd_fast.data.decoders import decoder_problem
+
+    for name in ("torchcodec", "decord"):  # e.g. torchcodec without FFmpeg's shared libraries
+        problem = decoder_problem(name)
+        if problem is not None:
+            assert clips[name]["status"] == f"not measured ({problem[0]})" and problem[1] in rec["notes"]
     decoders = {(e["backend"], e["threads"]) for e in rec["entries"] if e.get("kind") == "decode" and e["frames_per_s"]}
     assert {("pyav", "1"), ("pyav", "auto"), ("dali", "1")} <= decoders
 
@@ -169,3 +175,82 @@ def test_gpu_check_script_runs_on_cpu_skipping_gpu_parts(tmp_path):
                for e in record["entries"] if e["part"] == "kernels" and e["impl"] == "triton")
     assert list(out.glob("cpu-*.md")) and list(out.glob("cpu-*.png"))
     assert "done: tests rc=0, bench rc=0" in (out / "gpu-check.log").read_text()
+
+
+# ---- bad input and lost figures ---------------------------------------------------------------------------
+
+TINY_KERNELS = ["--device", "cpu", "--parts", "kernels", "--kernel-batch", "1", "--kernel-shapes", "vit_s",
+                "--kernel-ops", "masked_gather", "--repeats", "1", "--warmup", "0"]
+
+
+def _main(argv, capsys):
+    from bench import throughput
+
+    rc = throughput.main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_an_unwritable_out_is_refused_before_anything_is_measured(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), *TINY_KERNELS,
+                           "--out", str(tmp_path / "a_file" / "sub")], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"bench/throughput.py: error: --out {tmp_path / 'a_file' / 'sub'}: cannot write there (Not a directory); "
+        "pass a folder you can write (it is created if missing)"]  # no "part kernels ..." log line: nothing ran
+
+
+@pytest.mark.parametrize("option,value", [("--kernel-batch", "0"), ("--kernel-batch", "2,0"), ("--loader-workers", "0"),
+                                          ("--gops", "8,-1"), ("--repeats", "0"), ("--input-size", "0"),
+                                          ("--train-steps", "-2"), ("--decode-videos", "0")])
+def test_size_and_count_options_below_one_are_refused_in_one_line(option, value, tmp_path, capsys):
+    rc, out, err = _main(["--device", "cpu", "--out", str(tmp_path), option, value], capsys)
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"bench/throughput.py: error: {option} ") and ">= 1" in err
+    assert not list(tmp_path.iterdir())  # refused before measuring or writing
+
+
+@pytest.mark.parametrize("option,value", [("--kernel-ops", "gather"), ("--kernel-shapes", "vit_q"),
+                                          ("--train-models", "a:b"), ("--train-paths", "slow")])
+def test_unknown_names_any_part_would_reject_are_refused_up_front(option, value, tmp_path, capsys):
+    rc, out, err = _main(["--device", "cpu", "--out", str(tmp_path), "--parts", "loaders,kernels,train", option, value],
+                         capsys)
+    assert rc == 2 and out == "" and f"{option}: unknown ['{value}']" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_failed_write_at_the_end_keeps_the_figures(tmp_path, capsys, monkeypatch):
+    """The folder accepted the start-up check, then refused the files (a full disk): the summary and the full
+    tables are already on stdout, the record is saved elsewhere, and the run fails naming it."""
+    def disk_full(record, out_dir, suffix=""):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "write_all", disk_full)
+    rc, out, err = _main([*TINY_KERNELS, "--out", str(tmp_path / "out")], capsys)
+    assert rc == 1 and "No space left on device" in err
+    assert "kernels  masked_gather" in out  # the one-screen summary, printed before the write
+    assert "### Kernels (forward + backward" in out  # and the full tables, once the write failed
+    saved = Path(err.split("the record is saved in ", 1)[1].split()[0])
+    rec = json.loads(saved.read_text())
+    saved.unlink()
+    assert {(e["op"], e["impl"]) for e in rec["entries"]} >= {("masked_gather", "amd_reference"),
+                                                              ("masked_gather", "eager")}
+
+
+def test_a_part_rejecting_its_input_keeps_the_other_parts_numbers(tmp_path, capsys, monkeypatch, synthetic_shards):
+    from amd_fast.errors import InputError
+    from bench.parts import train
+
+    def bad_override(args, device, shards):
+        raise InputError("--train-override: unknown key model.nope")
+
+    monkeypatch.setattr(train, "run", bad_override)
+    out_dir = tmp_path / "out"
+    rc, out, err = _main([*TINY_KERNELS, "--parts", "kernels,train", "--shards", str(synthetic_shards),
+                          "--out", str(out_dir)], capsys)
+    assert rc == 2 and "part train: --train-override: unknown key model.nope" in err
+    (partial,) = out_dir.glob("cpu-*-partial.json")
+    rec = json.loads(partial.read_text())
+    assert any(e["part"] == "kernels" and e["ms_median"] for e in rec["entries"])
+    assert any("Part train NOT RUN" in n for n in rec["notes"])

@@ -13,6 +13,7 @@ import pytest
 from amd_fast.shard import ShardOptions, build_shards, read_manifest, verify_shards
 from amd_fast.shard.__main__ import main
 from amd_fast.shard.build import TooManyFailures, build_shards_report
+from amd_fast.errors import InputError
 from amd_fast.shard.plan import PlanMismatch
 from tests.shard_fixtures import make_video
 
@@ -117,7 +118,7 @@ def test_rerun_with_other_options_is_refused_unless_overwrite(tmp_path):
         build_shards(_syn(out, codec="mjpeg"))
     m = read_manifest(build_shards(_syn(out, codec="mjpeg", overwrite=True))["train"])
     assert m["options"]["codec"] == "mjpeg" and m["num_samples"] == 12
-    with pytest.raises(RuntimeError, match="no val.plan.json"):
+    with pytest.raises(InputError, match="no val.plan.json"):
         (out / "val.plan.json").unlink()
         build_shards(_syn(out, codec="mjpeg"))
 

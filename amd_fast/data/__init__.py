@@ -34,7 +34,7 @@ from typing import Union
 from amd_fast.errors import InputError
 
 from .backend import CodecError, choose_backend
-from .config import DataConfig
+from .config import DataConfig, warn_oversubscription
 from .shards import ShardError, open_shards
 from .stream import BadSampleCounter
 
@@ -75,6 +75,8 @@ def build_loader(cfg: Union[DataConfig, dict, None] = None, rank: int = 0, world
         from .eager_loader import EagerLoader
 
         loader = EagerLoader(cfg, shards, rank, world_size, device, bad)
+    if rank == 0:
+        warn_oversubscription(cfg, backend, getattr(loader, "num_pipelines", 1))
     if len(loader) == 0:
         raise InputError(f"split {cfg.split!r} has {shards.num_samples} samples, so rank {rank} of {world_size} gets "
                          f"{loader.num_rank_samples}, fewer than data.batch_size={cfg.batch_size}: lower "

@@ -38,7 +38,10 @@ def normalize_codec(name: str) -> str:
 
 def shard_codecs(shards: ShardSet) -> Dict[str, int]:
     """Samples by codec over every sample of the split: the manifest's ``codecs`` counts (recorded by the
-    shard tool, or by ``--verify`` for older manifests), else each sample's json read once per tar."""
+    shard tool, or by ``--verify`` for older manifests), else each sample's json read once per tar (by
+    ``open_shards`` for a set without a manifest)."""
+    if shards.codecs is not None:  # a manifest-less set: open_shards read every json already
+        return dict(shards.codecs)
     counts = (shards.manifest or {}).get("codecs")
     if isinstance(counts, dict) and sum(counts.values()) >= shards.num_samples:
         return {normalize_codec(c): int(n) for c, n in counts.items()}

@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
+
+from amd_fast.cores import usable_cores  # noqa: F401 (also imported from here)
 
 from .decoders import DECODERS
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "dali", "eager")
 SAMPLINGS = ("stride", "window", "segments")
@@ -40,9 +46,13 @@ class DataConfig:
       square crop of the short side), resized to ``input_size``, no flip, reading order = shard order.
     - ``device``: ``'auto'`` = ``'cuda'`` when available else ``'cpu'``; ``'cuda:1'`` etc. accepted.
     - ``num_workers``: eager DataLoader worker processes; ``eager_decoder``: the eager loader's video
-      decoder (``pyav``, or the peers ``torchcodec`` / ``decord``, see ``data.decoders``).
+      decoder (``pyav``, or the peers ``torchcodec`` / ``decord``, see ``data.decoders``; a peer that cannot
+      decode on this machine, e.g. torchcodec without FFmpeg's shared libraries, is refused when the loader
+      is built).
     - ``dali_pipelines``: DALI pipelines per rank (an int, or ``auto``: 1 on CPU, one per NVDEC engine the
       rank has on CUDA, see ``dali_pipeline.auto_pipelines``); ``dali_threads``: CPU threads per pipeline.
+      ``num_workers`` (eager) or an explicit ``dali_pipelines`` (DALI) above twice the CPU cores a rank has
+      (:func:`usable_cores` / ``LOCAL_WORLD_SIZE``) logs a warning naming the core count.
     - ``shuffle`` (train only): a full permutation of the rank's samples per epoch, from (seed, epoch, rank).
     - ``on_bad_sample``: ``'skip'`` (count + warn) or ``'error'`` for samples missing their video or
       label and for videos that do not decode.
@@ -129,3 +139,20 @@ class DataConfig:
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def warn_oversubscription(cfg: DataConfig, backend: str, pipelines: int) -> None:
+    """Log a warning when the loader's processes / pipelines (``data.num_workers`` for eager, an explicit
+    ``data.dali_pipelines`` for DALI) exceed twice the cores this rank has (the usable cores divided by the
+    ranks on this node, ``LOCAL_WORLD_SIZE``): they then only compete for the cores and add memory."""
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    cores = usable_cores()
+    per_rank = max(1, cores // ranks)
+    where = f"{cores} usable CPU cores" + (f" shared by {ranks} ranks ({per_rank} each)" if ranks > 1 else "")
+    if backend == "eager" and cfg.num_workers > 2 * per_rank:
+        log.warning("data.num_workers=%d is more than twice the %s: the workers only compete for the cores "
+                    "(and each holds a copy of the decoder state); set data.num_workers=%d or fewer",
+                    cfg.num_workers, where, per_rank)
+    if backend == "dali" and cfg.dali_pipelines != "auto" and pipelines > 2 * per_rank:
+        log.warning("data.dali_pipelines=%d is more than twice the %s: the pipelines only compete for the cores; "
+                    "set data.dali_pipelines=auto or at most %d", pipelines, where, per_rank)

@@ -38,11 +38,9 @@ from typing import Iterator, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from amd_fast.shard.format import ClipInfo
-
 from .config import DataConfig
 from .sampling import ClipPlan, normalize_clips, plan_clip, sample_rng
-from .shards import ShardError, ShardSet, read_member
+from .shards import ShardError, ShardSet, read_clip_info, read_member
 from .stream import BadSampleCounter, BadSampleError, BrokenShardsError, LoaderStateMixin
 
 log = logging.getLogger(__name__)
@@ -136,7 +134,7 @@ class DaliLoader(LoaderStateMixin):
         """(DALI inputs, label) of sample ``i`` at position ``pos`` of ``epoch``; OSError / ShardError /
         struct.error if its members cannot be read."""
         s = self.samples[i]
-        info = ClipInfo.unpack(read_member(s.tar, s.info))
+        info = read_clip_info(s)
         plan = plan_clip(self.cfg, info.frames, info.height, info.width, sample_rng(self.state.seed, epoch, self.rank, pos))
         return plan_inputs(read_member(s.tar, s.video), plan), info.label
 

@@ -7,20 +7,27 @@ past the last decodable frame repeats the last one (DALI's ``pad_mode='edge'``).
 
 - ``pyav`` (default): FFmpeg through PyAV. Seeks to the keyframe at or before the clip's first frame and
   decodes forward, as DALI and decord do (decoding from frame 0 costs the whole video before the clip).
-- ``torchcodec``: PyTorch's decoder (``pip install torchcodec``; needs FFmpeg 4-7 shared libraries, e.g.
+- ``torchcodec``: PyTorch's decoder (``pip install torchcodec``; needs FFmpeg's shared libraries, e.g.
   ``apt-get install ffmpeg``). On the CPU in DataLoader workers, or on the data device's GPU (NVDEC) when
   the loader runs in the main process (``data.num_workers=0``) on CUDA.
-- ``decord``: the decoder VideoMAE / AMD's own loaders use (``pip install decord``).
+- ``decord``: the decoder VideoMAE / AMD's own loaders use (``pip install decord``; its wheel brings its own
+  FFmpeg).
+
+Whether a peer can decode here is decided once per process, at loader build time, by importing it and
+decoding a 2-frame probe clip (:func:`decoder_problem`): torchcodec imports fine on a machine without FFmpeg's
+shared libraries and only fails at its first decoder, so an import check would let a run start and then
+lose every sample.
 
 The last two are what a user would pick instead of amd_fast's loaders, so ``bench/throughput.py`` runs
 them beside ours on the same clip contract.
 """
 from __future__ import annotations
 
+import functools
 import io
 import math
 from fractions import Fraction
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -136,25 +143,103 @@ def decode_decord(data: bytes, indices: Sequence[int]) -> np.ndarray:
         raise DecodeError(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
 
 
-_INSTALL = {"torchcodec": "pip install torchcodec (and FFmpeg's shared libraries: apt-get install ffmpeg)",
-            "decord": "pip install decord"}
+_INSTALL = {"torchcodec": "pip install torchcodec", "decord": "pip install decord"}
+FFMPEG_MISSING = "FFmpeg shared libraries missing"
+FFMPEG_FIX = "install them (apt-get install ffmpeg) or set data.eager_decoder=pyav"
+
+
+class DecoderUnavailable(InputError):
+    """A peer decoder cannot decode on this machine. ``reason`` is the short form the bench puts in its
+    rows (``FFMPEG_MISSING``, ``not installed``, ...); the message names the fix."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def probe_video() -> bytes:
+    """Two 64x64 frames of MPEG-4 Part 2 in mp4, encoded by PyAV's own FFmpeg (its built-in encoder, present
+    in every FFmpeg build; 64 px: decord mis-sizes 16 px frames). What :func:`decoder_problem` decodes."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as c:
+        s = c.add_stream("mpeg4", rate=25)
+        s.width = s.height = 64
+        s.pix_fmt = "yuv420p"
+        for _ in range(2):
+            for p in s.encode(av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    return buf.getvalue()
+
+
+def _ffmpeg_libraries_found() -> bool:
+    """Whether the dynamic loader finds FFmpeg's libavutil (what torchcodec links against; PyAV and decord
+    bring their own copies)."""
+    import ctypes.util
+
+    return ctypes.util.find_library("avutil") is not None
+
+
+def _import_peer(name: str) -> None:
+    if name == "torchcodec":
+        import torchcodec.decoders  # noqa: F401
+    else:
+        import decord  # noqa: F401
+
+
+_PEER_DECODE = {"torchcodec": lambda data, idx: decode_torchcodec(data, idx, "cpu"),
+                "decord": lambda data, idx: decode_decord(data, idx)}
+
+
+@functools.lru_cache(maxsize=None)
+def decoder_problem(name: str) -> Optional[Tuple[str, str]]:
+    """None when decoder ``name`` decodes on this machine, else ``(reason, message)``: the short reason
+    (for the bench's "not measured (...)") and a one-line message naming the fix.
+
+    Importing a peer proves little (torchcodec imports without FFmpeg and fails at its first decoder), so
+    this imports it *and* decodes :func:`probe_video` once; the answer is cached for the process (paid at
+    loader build time, never per sample; about a second for torchcodec's failed library search)."""
+    if name not in DECODERS:
+        return "unknown decoder", f"data.eager_decoder={name!r}: choose one of {', '.join(DECODERS)}"
+    if name == "pyav":
+        return None
+    try:
+        _import_peer(name)
+        got = _PEER_DECODE[name](probe_video(), [0, 1])
+        if tuple(np.asarray(got).shape) != (2, 64, 64, 3):
+            raise DecodeError(f"decoded {tuple(np.asarray(got).shape)} from a 2-frame 64x64 probe clip")
+    except ImportError as e:
+        return "not installed", (f"data.eager_decoder={name} is not installed ({_first_line(e)}); install it "
+                                 f"({_INSTALL[name]}) or set data.eager_decoder=pyav")
+    except Exception as e:  # torchcodec's RuntimeError / decord's OSError when shared libraries are missing
+        if not _ffmpeg_libraries_found():
+            return FFMPEG_MISSING, (f"data.eager_decoder={name} cannot run here: {FFMPEG_MISSING} "
+                                    f"(libavutil, libavcodec, ... are not on this machine); {FFMPEG_FIX}")
+        return "cannot decode here", (f"data.eager_decoder={name} cannot decode on this machine "
+                                      f"({_first_line(e)}); reinstall it ({_INSTALL[name]}, matching your torch "
+                                      f"version) or set data.eager_decoder=pyav")
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def get_decoder(name: str, *, threads: int = 1, device: str = "cpu") -> Callable:
-    """The decode function ``name``, bound to its options; a missing package is an InputError naming the
-    install command."""
-    if name not in DECODERS:
-        raise InputError(f"data.eager_decoder={name!r}: choose one of {', '.join(DECODERS)}")
+    """The decode function ``name``, bound to its options. A decoder that cannot decode here (package
+    missing, FFmpeg's shared libraries missing) is a :class:`DecoderUnavailable` (an InputError) naming the
+    fix, decided once per process by :func:`decoder_problem`."""
+    problem = decoder_problem(name)
+    if problem is not None:
+        if name not in DECODERS:
+            raise InputError(problem[1])
+        raise DecoderUnavailable(problem[1], problem[0])
     if name == "pyav":
         return lambda data, idx: decode_pyav(data, idx, threads)
-    try:
-        if name == "torchcodec":
-            import torchcodec.decoders  # noqa: F401
-        else:
-            import decord  # noqa: F401
-    except Exception as e:  # ImportError, or torchcodec's RuntimeError when FFmpeg's libraries are missing
-        raise InputError(f"data.eager_decoder={name} is not usable here ({str(e).splitlines()[0][:200]}); "
-                         f"install it: {_INSTALL[name]}") from None
     if name == "torchcodec":
         return lambda data, idx: decode_torchcodec(data, idx, device)
     return decode_decord

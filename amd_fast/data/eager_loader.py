@@ -25,12 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from amd_fast.shard.format import ClipInfo
-
 from .config import DataConfig
 from .decoders import DecodeError, get_decoder
 from .sampling import normalize_clips, plan_clip, sample_rng
-from .shards import Sample, ShardError, ShardSet, read_member
+from .shards import Sample, ShardError, ShardSet, read_clip_info, read_member
 from .stream import BadSampleCounter, BadSampleError, BrokenShardsError, LoaderStateMixin
 
 log = logging.getLogger(__name__)
@@ -91,7 +89,7 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def _load(self, s: Sample, rng: np.random.Generator) -> dict:
         cfg = self.cfg
-        info = ClipInfo.unpack(read_member(s.tar, s.info))
+        info = read_clip_info(s)
         plan = plan_clip(cfg, info.frames, info.height, info.width, rng)
         frames = torch.as_tensor(self._decode(read_member(s.tar, s.video), plan.indices))
         if tuple(frames.shape[1:3]) != (info.height, info.width):

@@ -18,13 +18,17 @@ import json
 import logging
 import os
 import resource
+import tempfile
 import time
 from typing import Dict, Optional, Sequence
 
 import torch
 
+from amd_fast.errors import InputError, run_cli
+
 from . import build_loader
 from .config import DataConfig
+from .decoders import DECODERS
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +115,7 @@ def compare(cfg: DataConfig, backends: Sequence[str] = ("dali", "eager"), **kw) 
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m amd_fast.data.loader_speed", description=__doc__.split("\n\n")[0])
     ap.add_argument("--shards", required=True, help="manifest, shard folder or tar")
     ap.add_argument("--split", default="train")
     ap.add_argument("--backend", nargs="+", default=["dali", "eager"], choices=["dali", "eager", "auto"])
@@ -122,6 +126,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--num-sample", type=int, default=4)
     ap.add_argument("--input-size", type=int, default=224)
     ap.add_argument("--num-workers", type=int, default=4)
+    ap.add_argument("--eager-decoder", default="pyav", choices=list(DECODERS), help="the eager loader's decoder")
     ap.add_argument("--dali-threads", type=int, default=4)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--batches", type=int, default=20)
@@ -129,17 +134,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--json", help="also write the results to this file")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = DataConfig(shards=a.shards, split=a.split, device=a.device, batch_size=a.batch_size,
-                     num_frames=a.num_frames, sampling_rate=a.sampling_rate, num_sample=a.num_sample,
-                     input_size=a.input_size, num_workers=a.num_workers, dali_threads=a.dali_threads, dtype=a.dtype)
+    return run_cli(lambda: _run(a), "python -m amd_fast.data.loader_speed")
+
+
+def _run(a: argparse.Namespace) -> int:
+    if a.batches < 1 or a.warmup < 0:
+        raise InputError(f"--batches must be >= 1 and --warmup >= 0 (got {a.batches}, {a.warmup})")
+    if a.json:  # before minutes of measuring, not after
+        try:
+            if os.path.isdir(a.json):
+                raise IsADirectoryError(21, "is a folder")
+            with tempfile.NamedTemporaryFile(dir=os.path.dirname(os.path.abspath(a.json))):
+                pass
+        except OSError as e:
+            raise InputError(f"--json {a.json}: cannot write there ({e.strerror or e}); pass a writable file path"
+                             ) from None
+    try:
+        cfg = DataConfig(shards=a.shards, split=a.split, device=a.device, batch_size=a.batch_size,
+                         num_frames=a.num_frames, sampling_rate=a.sampling_rate, num_sample=a.num_sample,
+                         input_size=a.input_size, num_workers=a.num_workers, eager_decoder=a.eager_decoder,
+                         dali_threads=a.dali_threads, dtype=a.dtype)
+    except ValueError as e:  # DataConfig's own check names the field
+        raise InputError(str(e)) from None
     results = compare(cfg, a.backend, batches=a.batches, warmup=a.warmup)
     print(f"{'backend':>8} {'clips/s':>9} {'CPU ms/clip':>12} {'wait ms/batch':>14} {'warmup s':>9}")
     for name, r in results.items():
         print(f"{name:>8} {r['clips_per_s']:9.1f} {1000 * r['cpu_s_per_clip']:12.1f} {r['data_wait_ms_per_batch']:14.1f} "
-              f"{r['warmup_s']:9.2f}")
+              f"{r['warmup_s']:9.2f}", flush=True)
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"config": dataclasses.asdict(cfg), "results": results}, f, indent=2)
+            json.dump({"config": dataclasses.asdict(cfg), "results": results}, f, indent=2, default=str)
     return 0
 
 

@@ -37,7 +37,11 @@ def main(argv=None) -> int:
             return 0
         from amd_fast.finetune.trainer import run
 
+        from amd_fast.errors import EXIT_INTERRUPTED
+
         result = run(cfg, eval_only=args.eval)
+        if not args.eval and result.interrupted:
+            return EXIT_INTERRUPTED  # saved, test skipped: `finetune && next` must not go on
         r = result if args.eval else getattr(result, "eval", None)
         if r is not None:
             print(f"test ({cfg.eval.split}): {r.summary()}")

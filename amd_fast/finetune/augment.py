@@ -46,17 +46,28 @@ class RandAugmentSpec:
 
     @classmethod
     def parse(cls, text: str) -> Optional["RandAugmentSpec"]:
-        """timm's config string, e.g. ``rand-m7-n4-mstd0.5-inc1``; '' / 'none' -> None (no RandAugment)."""
+        """timm's config string, e.g. ``rand-m7-n4-mstd0.5-inc1``; '' / 'none' -> None (no RandAugment).
+
+        Parts (any order, as timm's ``rand_augment_transform``): ``m`` magnitude in [0, 10] (timm's default 10),
+        ``n`` ops per clip >= 0 (default 2), ``mstd`` magnitude noise std >= 0 (default 0), ``p`` probability
+        each drawn op is applied, in [0, 1] (default 0.5), ``inc1`` the increasing op set, the only one
+        implemented: required, since without it timm uses another op set. ``w`` (op weights) and ``mmax`` are not
+        implemented. A missing part takes timm's default, so a string means what it means to the reference."""
         if text in ("", "none", None):
             return None
+        example = "expected e.g. rand-m7-n4-mstd0.5-inc1 (the AMD recipe) or '' for none"
         parts = text.split("-")
         if parts[0] != "rand":
-            raise ValueError(f"RandAugment config {text!r} must start with 'rand-' (e.g. rand-m7-n4-mstd0.5-inc1)")
-        kw = {}
+            raise ValueError(f"RandAugment config {text!r} must start with 'rand-'; {example}")
+        kw = {"magnitude": 10.0, "num_ops": 2, "magnitude_std": 0.0, "prob": 0.5}  # timm's defaults
+        increasing = False
         for p in parts[1:]:
             key = p.rstrip("0123456789.")
             value = p[len(key):]
             try:
+                if key in ("m", "n", "mstd", "p", "inc") and not value:
+                    raise ValueError(f"part {p!r} has no number (a negative one cannot be written: '-' "
+                                     "separates the parts)")
                 if key == "m":
                     kw["magnitude"] = float(value)
                 elif key == "n":
@@ -68,11 +79,30 @@ class RandAugmentSpec:
                 elif key == "inc":
                     if int(value) != 1:
                         raise ValueError("only the increasing op set (inc1) is implemented")
+                    increasing = True
                 else:
-                    raise ValueError(f"unknown part {p!r}")
+                    raise ValueError(f"unknown part {p!r} (known: m, n, mstd, p, inc)")
             except ValueError as e:
-                raise ValueError(f"RandAugment config {text!r}: {e}; expected e.g. rand-m7-n4-mstd0.5-inc1") from None
+                raise ValueError(f"RandAugment config {text!r}: {e}; {example}") from None
+        if not increasing:
+            raise ValueError(f"RandAugment config {text!r} lacks 'inc1': only timm's increasing op set is "
+                             f"implemented, and without inc1 timm would use the other one; add -inc1")
+        bad = []
+        if not 0 <= kw["magnitude"] <= cls.max_level:
+            bad.append(f"magnitude m{_num(kw['magnitude'])} must be in [0, {cls.max_level:g}]")
+        if kw["num_ops"] < 0:
+            bad.append(f"n{kw['num_ops']} ops must be >= 0")
+        if kw["magnitude_std"] < 0:
+            bad.append(f"mstd{_num(kw['magnitude_std'])} must be >= 0")
+        if not 0 <= kw["prob"] <= 1:
+            bad.append(f"probability p{_num(kw['prob'])} must be in [0, 1]")
+        if bad:
+            raise ValueError(f"RandAugment config {text!r}: {'; '.join(bad)}; {example}")
         return cls(**kw)
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
 
 
 def _blend(img: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:

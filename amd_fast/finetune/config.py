@@ -25,7 +25,8 @@ class AugConfig:
 
     ``randaugment``: timm config string ('' = off); ``reprob``: random-erasing probability per clip;
     ``mixup`` / ``cutmix``: Beta alphas (0 = off); ``mix_prob``: chance a batch is mixed at all;
-    ``switch_prob``: chance a mixed batch uses cutmix; ``smoothing``: label smoothing of the targets."""
+    ``switch_prob``: chance a mixed batch uses cutmix; ``smoothing``: label smoothing of the targets, in [0, 1).
+    Every probability is checked to lie in [0, 1] at start-up, the RandAugment string's ``p`` included."""
 
     randaugment: str = "rand-m7-n4-mstd0.5-inc1"
     reprob: float = 0.25
@@ -37,9 +38,11 @@ class AugConfig:
 
     def __post_init__(self):
         RandAugmentSpec.parse(self.randaugment)  # a bad string is an error now, not at the first step
-        for name in ("reprob", "mix_prob", "switch_prob", "smoothing"):
+        for name in ("reprob", "mix_prob", "switch_prob"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"aug.{name}={getattr(self, name)} must be in [0, 1]")
+                raise ValueError(f"aug.{name}={getattr(self, name)} is a probability: it must be in [0, 1]")
+        if not 0 <= self.smoothing < 1:  # 1 would make every target uniform: nothing left to learn
+            raise ValueError(f"aug.smoothing={self.smoothing} must be in [0, 1) (the recipes: 0.1; 0 = none)")
         if self.mixup < 0 or self.cutmix < 0:
             raise ValueError("aug.mixup and aug.cutmix are Beta alphas: >= 0 (0 turns one off)")
 
@@ -57,7 +60,9 @@ class EvalConfig:
     """Evaluation. ``split``: the shards' split to evaluate; ``test_segments`` x ``test_crops`` views per video
     (the reference: K400 5 x 3, SSv2 2 x 3), softmax averaged over them; ``every_n_epochs``: a one-view
     (middle clip, centre crop) top-1 during training (0 = never); the multi-view test runs at the end and with
-    ``--eval``. ``batch_size``: videos per rank per batch (None = data.batch_size)."""
+    ``--eval``. ``batch_size``: videos per rank per batch (None = data.batch_size). Each view is a pass over the
+    split: more than the recipes' 15 views (``RECIPE_MAX_VIEWS``) is logged as a warning at start-up. The split is
+    opened at start-up (with ``data.split``), so a wrong name stops the run before training."""
 
     split: str = "val"
     test_segments: int = 5
@@ -68,10 +73,29 @@ class EvalConfig:
     def __post_init__(self):
         if self.test_segments < 1 or self.test_crops < 1:
             raise ValueError("eval.test_segments and eval.test_crops must be >= 1")
+        if not self.split or "/" in self.split or "\\" in self.split:
+            raise ValueError(f"eval.split={self.split!r} must be a split name such as val or test (the shards "
+                             "folder is data.shards)")
         if self.every_n_epochs < 0:
             raise ValueError("eval.every_n_epochs must be >= 0 (0: only the final test)")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError("eval.batch_size must be >= 1 or null")
+
+
+# The most views per video any recipe tests with (K400 / UCF101 / HMDB51: 5 segments x 3 crops).
+RECIPE_MAX_VIEWS = 15
+
+
+def views_warning(ec: EvalConfig) -> Optional[str]:
+    """A warning when ``test_segments x test_crops`` is above the recipes' 15 views (each view is a pass over
+    the split, so the test costs that many times one view), else None."""
+    views = ec.test_segments * ec.test_crops
+    if views <= RECIPE_MAX_VIEWS:
+        return None
+    return (f"eval.test_segments x eval.test_crops = {ec.test_segments} x {ec.test_crops} = {views} views per video, "
+            f"above the recipes' {RECIPE_MAX_VIEWS} (K400 5 x 3, SSv2 2 x 3): the test reads the split {views} times "
+            f"({views / RECIPE_MAX_VIEWS:.1f}x a 15-view test); lower eval.test_segments / eval.test_crops unless "
+            "this is what you want")
 
 
 @dataclass

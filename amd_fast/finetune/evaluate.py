@@ -9,8 +9,10 @@ appear twice: every result carries the video's index in the split, and rank 0 ke
 (video, view) — every video counts exactly once.
 
 Written to ``<out>/<name>.json``: overall and per-class accuracy, the confusion matrix (rows: true class,
-columns: predicted, all-view predictions) and the settings; ``<out>/<name>-confusion.png`` when matplotlib
-is installed.
+columns: predicted, all-view predictions) and the settings. Classes are named as the shards' manifest names
+them; a head with more outputs than the shards have classes (``model.num_classes`` larger) keeps those names
+and reports the extra outputs as ``<unused c>`` (c: the output's number), whose accuracy is null;
+``<out>/<name>-confusion.png`` when matplotlib is installed.
 """
 from __future__ import annotations
 
@@ -19,13 +21,14 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from amd_fast.data import build_loader
 from amd_fast.data.sampling import normalize_clips
+from amd_fast.data.shards import ShardError, ShardSet, open_shards
 from amd_fast.errors import InputError
 from amd_fast.trainer.distributed import DistInfo, gather_to_main
 
@@ -101,9 +104,51 @@ def evaluate(model: torch.nn.Module, data_cfg, info: DistInfo, *, split: str, se
     return _metrics(merged_sums, merged_single, merged_labels, num_classes, len(views), classes)
 
 
-def check_labels(shards, num_classes: int, split: str) -> List[str]:
+def shard_splits(folder: Path) -> List[str]:
+    """The splits a shards folder holds: ``<split>.manifest.json`` files and ``<split>-*.tar`` names."""
+    names = {p.name[: -len(".manifest.json")] for p in folder.glob("*.manifest.json")}
+    names |= {p.name.rsplit("-", 1)[0] for p in folder.glob("*-*.tar")}
+    return sorted(names)
+
+
+def open_splits(shards, needed: Sequence[Tuple[str, str]]) -> Dict[str, ShardSet]:
+    """Open every split a command will read before it starts: ``needed`` is ``(option, split)`` pairs, e.g.
+    ``[("data.split", "train"), ("eval.split", "val")]``; returns ``{split: ShardSet}`` in that order.
+
+    A split the shards folder lacks is an ``InputError`` naming the option, the split, the folder and the splits
+    it has; so is a split without a complete sample. When ``shards`` is one manifest file or a list of tars there
+    is one set of videos whatever the split name, so needing two different splits is an error too (it would
+    evaluate on the training videos)."""
+    folder = None if isinstance(shards, (list, tuple)) else Path(shards)
+    distinct = list(dict.fromkeys(split for _, split in needed))
+    if folder is not None and folder.is_dir():
+        available = shard_splits(folder)
+        for key, split in needed:
+            if split not in available:
+                raise InputError(
+                    f"{key}={split!r}: the shards folder {folder} has no split {split!r} (no {split}.manifest.json "
+                    f"nor {split}-*.tar); it has {', '.join(repr(a) for a in available) or 'no split at all'}: set "
+                    f"{key} to one of them, or build the split with `python -m amd_fast.shard --out {folder} "
+                    f"--splits {split} ...`")
+    elif len(distinct) > 1 and (folder is None or (folder.is_file() and folder.suffix in (".json", ".tar"))):
+        uses = " and ".join(f"{key}={split!r}" for key, split in needed)
+        raise InputError(
+            f"data.shards={shards} is one set of shards (a manifest file or tar files), not a folder of splits, so "
+            f"{uses} would read the same videos (evaluation on the training videos): point data.shards at the "
+            f"shards folder that holds {' and '.join(f'{s}.manifest.json' for s in distinct)}")
+    out: Dict[str, ShardSet] = {}
+    for split in distinct:
+        found = open_shards(shards, split)
+        if found.num_samples == 0:
+            raise ShardError(f"split {split!r} of {shards} has no complete sample; rebuild it "
+                             "(python -m amd_fast.shard ...)")
+        out[split] = found
+    return out
+
+
+def check_labels(shards, num_classes: int, split: str, warn: bool = False) -> List[str]:
     """The split's class names; an InputError (the same on every rank) when it has none or more than
-    ``num_classes``."""
+    ``num_classes``. ``warn``: log when ``num_classes`` is larger (the extra outputs never see a video)."""
     manifest = shards.manifest or {}
     classes = list(manifest.get("classes") or [])
     if manifest and not classes:
@@ -112,7 +157,33 @@ def check_labels(shards, num_classes: int, split: str) -> List[str]:
     if len(classes) > num_classes:
         raise InputError(f"the {split!r} shards have {len(classes)} classes (labels 0..{len(classes) - 1}) but "
                          f"model.num_classes={num_classes}: set model.num_classes={len(classes)}")
+    if warn and classes and len(classes) < num_classes:
+        extra = (f"output {len(classes)} never sees a video (reported as '{unused_class_name(len(classes))}'"
+                 if num_classes - len(classes) == 1 else
+                 f"outputs {len(classes)}..{num_classes - 1} never see a video (reported as "
+                 f"'{unused_class_name(len(classes))}' .. '{unused_class_name(num_classes - 1)}'")
+        log.warning("model.num_classes=%d but the %r shards have %d classes: %s in eval/test.json); set "
+                    "model.num_classes=%d unless this is meant", num_classes, split, len(classes), extra, len(classes))
     return classes
+
+
+def unused_class_name(c: int) -> str:
+    """The report's name for output ``c`` of a head larger than the shards' class list."""
+    return f"<unused {c}>"
+
+
+def class_names(classes: List[str], num_classes: int) -> List[str]:
+    """One name per model output: the shards' class names, ``<unused c>`` for outputs past them; the label
+    numbers as text when the shards name no classes (a tar list without a manifest). Repeated names get
+    `` (c)`` appended, so every output keeps its own row in the per-class report."""
+    if not classes:
+        names = [str(c) for c in range(num_classes)]
+    else:
+        names = list(classes[:num_classes]) + [unused_class_name(c) for c in range(len(classes), num_classes)]
+    counts: Dict[str, int] = {}
+    for n in names:
+        counts[n] = counts.get(n, 0) + 1
+    return [f"{n} ({c})" if counts[n] > 1 else n for c, n in enumerate(names)]
 
 
 def _topk(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -131,7 +202,7 @@ def _metrics(sums, single, labels, num_classes, views, classes) -> EvalResult:
     pred = probs.argmax(1)
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (y, pred), 1)
-    names = classes if len(classes) == num_classes else [str(c) for c in range(num_classes)]
+    names = class_names(classes, num_classes)
     per_class = {names[c]: (float(confusion[c, c] / confusion[c].sum()) if confusion[c].sum() else None)
                  for c in range(num_classes)}
     return EvalResult(top1=_topk(probs, y, 1), top5=_topk(probs, y, 5), top1_single_view=_topk(one, y, 1),

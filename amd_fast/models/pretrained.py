@@ -12,8 +12,14 @@ map onto ``model.encoder``:
 - a fixed sin-cos position table is skipped (we rebuild it for our grid); a learned one (VideoMAEv2
   fine-tuned models) is resampled to our grid, bicubic over space as the reference, linear over time;
 - a classifier's ``head`` / ``fc_norm`` are loaded into a model that has them at the same shape (a fine-tuned
-  release file evaluated as is), else skipped (another class count, as the reference drops it); blocks past
-  a teacher's early exit are skipped.
+  release file evaluated as is), else skipped (another class count, as the reference drops it);
+- blocks past the model's depth are skipped only for a model that declares ``early_exit = True`` (the AMD
+  teacher, built up to its last aligned block); for any other model (the fine-tuning classifier, the
+  probe's student) a deeper checkpoint is another architecture: ``CheckpointImportError`` naming both depths.
+
+Every tensor that would be loaded is checked for NaN / inf first: a damaged file or one saved from a
+diverged run stops with ``CheckpointImportError`` naming the file and the tensors, instead of a
+"non-finite loss" at the first step.
 
 Unlike the reference (non-strict load that prints missing keys), missing patch-embed or block
 weights raise ``CheckpointImportError`` (a ``ValueError``) naming them. A missing final ``norm``
@@ -28,7 +34,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Dict, List, Mapping, NamedTuple, Union
+from typing import Dict, List, Mapping, NamedTuple, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -58,10 +64,44 @@ class LoadReport(NamedTuple):
     skipped: List[str]  # checkpoint keys deliberately not used (pos tables, classifier, blocks past early exit)
 
 
+def _source(path_or_state) -> str:
+    return "<in-memory state dict>" if isinstance(path_or_state, Mapping) else str(path_or_state)
+
+
+def nonfinite_tensors(state: Mapping[str, torch.Tensor]) -> List[str]:
+    """Names of the floating-point tensors of ``state`` holding a NaN or an infinity, in order."""
+    return [k for k, v in state.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def check_finite(state: Mapping[str, torch.Tensor], source: str, what: str = "checkpoint") -> None:
+    """``CheckpointImportError`` naming ``source`` and the first tensors with NaN / inf, if there are any."""
+    bad = nonfinite_tensors(state)
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise CheckpointImportError(
+            f"{what} {source} has NaN/inf values in {len(bad)} of its {len(state)} tensors to load "
+            f"({', '.join(bad[:5])}{more}): the file is damaged or was saved from a diverged run; use another "
+            "checkpoint (e.g. an earlier step-*.pt of that run) or re-download it")
+
+
+def _arch_hint(depth: int, width: Optional[int]) -> str:
+    from amd_fast.models.archs import ARCHS
+
+    names = [n for n, a in ARCHS.items() if a.depth == depth and (width is None or a.dim == width)]
+    return f" (it matches arch {' / '.join(names)})" if names else ""
+
+
 def _read(path_or_state: Union[str, os.PathLike, Mapping]) -> Mapping:
     if isinstance(path_or_state, Mapping):
         return path_or_state
     path = Path(path_or_state)
+    if path.is_dir():
+        found = sorted(str(p.relative_to(path)) for pattern in ("*.pth", "*.pt", "checkpoints/*.pth")
+                       for p in path.glob(pattern))[:4]
+        raise CheckpointImportError(f"checkpoint {str(path)!r} is a folder, not a file; point at the weights file "
+                                    f"itself{' (it holds ' + ', '.join(found) + ')' if found else ''}, e.g. "
+                                    "<run>/checkpoints/encoder.pth or a step-*.pt")
     if not path.is_file():
         raise CheckpointImportError(f"checkpoint {str(path)!r} does not exist; "
                                     "check the path given (model.pretrained, model.teacher_checkpoint or probe's --weights)")
@@ -133,22 +173,36 @@ def _to_ours(state: Dict[str, torch.Tensor]):
     return mapped, unexpected, skipped, extras
 
 
-def load_pretrained(model: nn.Module, path_or_state, *, strict_encoder: bool = True) -> LoadReport:
-    """Load encoder weights into ``model.encoder`` (student or teacher) or into a bare ``ViTEncoder``.
+def load_pretrained(model: nn.Module, path_or_state, *, strict_encoder: bool = True,
+                    early_exit: Optional[bool] = None) -> LoadReport:
+    """Load encoder weights into ``model.encoder`` (student, teacher or classifier) or into a bare ``ViTEncoder``.
 
     Raises ``CheckpointImportError`` naming the missing patch-embed / block weights (unless
-    ``strict_encoder=False``) and on any shape mismatch. Logs and returns a ``LoadReport``.
+    ``strict_encoder=False``), on any shape mismatch, on a checkpoint with more blocks than the model (unless
+    ``early_exit``: None = the model's own ``early_exit`` attribute, True only for the AMD teacher) and on
+    NaN / inf in any tensor it would load. Logs and returns a ``LoadReport``.
     """
     model = unwrap(model)
     encoder = getattr(model, "encoder", model)
+    if early_exit is None:
+        early_exit = bool(getattr(model, "early_exit", False))
+    source = _source(path_or_state)
     ckpt = _read(path_or_state)
     mapped, unexpected, skipped, extras = _to_ours(_find_state(ckpt))
     ours = {k: v for k, v in encoder.state_dict().items() if k != "pos_embed"}  # (a loaded learned table)
     depth = len(encoder.blocks)
+    ckpt_depth = 1 + max((int(m.group(1)) for m in map(_BLOCK.match, mapped) if m), default=-1)
+    if ckpt_depth > depth and not early_exit:
+        width = mapped.get("blocks.0.norm1.weight")
+        raise CheckpointImportError(
+            f"checkpoint {source} has {ckpt_depth} blocks but the model has {depth}: it is for a deeper "
+            f"architecture{_arch_hint(ckpt_depth, None if width is None else width.shape[0])}; set the model's "
+            "arch to the checkpoint's (model.arch for fine-tuning, model.student for the probe) or use a "
+            f"checkpoint of a {depth}-block model (only the AMD teacher stops early on purpose)")
     for k in list(mapped):
         m = _BLOCK.match(k)
         if (m and int(m.group(1)) >= depth) or (k.startswith("norm.") and k not in ours):
-            skipped.append(k)  # past the teacher's early exit / a final norm the teacher does not use
+            skipped.append(k)  # past the teacher's early exit / a final norm the model does not have
             del mapped[k]
         elif ".ls" in k and k not in ours:
             raise CheckpointImportError(
@@ -160,31 +214,40 @@ def load_pretrained(model: nn.Module, path_or_state, *, strict_encoder: bool = T
             del mapped[k]
         elif mapped[k].shape != ours[k].shape:
             raise CheckpointImportError(
-                f"checkpoint tensor {k} has shape {tuple(mapped[k].shape)} but the model's is {tuple(ours[k].shape)}: "
+                f"checkpoint {source}: tensor {k} has shape {tuple(mapped[k].shape)} but the model's is "
+                f"{tuple(ours[k].shape)}: "
                 f"the checkpoint is for a different architecture / patch / tubelet size than model config"
             )
     missing = sorted(k for k in ours if k not in mapped)
     fatal = [k for k in missing if not k.startswith("norm.")]
     if fatal and strict_encoder:
         raise CheckpointImportError(
-            f"checkpoint lacks {len(fatal)} encoder weights, e.g. {fatal[:6]}; it has keys like "
+            f"checkpoint {source} lacks {len(fatal)} encoder weights, e.g. {fatal[:6]}; it has keys like "
             f"{sorted(mapped)[:4] or (unexpected + skipped)[:4]}. Check that it is a VideoMAE/AMD ViT checkpoint of "
             f"the configured arch, or pass strict_encoder=False to accept a partial load"
         )
+    taken: Dict[str, torch.Tensor] = {}  # a classifier head / fc_norm: taken when the model has one of that shape
+    for k, v in extras.items():
+        if k == "pos_embed":
+            continue
+        module = getattr(model, k.split(".")[0], None)
+        target = getattr(module, k.split(".")[1], None) if module is not None else None
+        if isinstance(target, torch.Tensor) and target.shape == v.shape:
+            taken[k] = v
+        else:
+            skipped.append(k)  # the reference drops a head of another shape too (another class count)
+    check_finite({**mapped, **taken, **({"pos_embed": extras["pos_embed"]} if "pos_embed" in extras else {})},
+                 source)
     encoder.load_state_dict(mapped, strict=False)
     loaded = sorted(mapped)
     if "pos_embed" in extras:
         note = _use_position_table(encoder, extras.pop("pos_embed"), ckpt)
         (loaded if note == "loaded" else skipped).append("pos_embed")
-    for k, v in extras.items():  # a classifier head / fc_norm: taken when the model has one of that shape
-        module = getattr(model, k.split(".")[0], None)
-        target = getattr(module, k.split(".")[1], None) if module is not None else None
-        if isinstance(target, torch.Tensor) and target.shape == v.shape:
-            with torch.no_grad():
-                target.copy_(v)
-            loaded.append(k)
-        else:
-            skipped.append(k)  # the reference drops a head of another shape too (another class count)
+    for k, v in taken.items():
+        target = getattr(getattr(model, k.split(".")[0]), k.split(".")[1])
+        with torch.no_grad():
+            target.copy_(v)
+        loaded.append(k)
     report = LoadReport(missing, sorted(unexpected), loaded, sorted(skipped))
     log.info("load_pretrained: %d tensors loaded, %d missing %s, %d unexpected %s, %d skipped (pos tables, "
              "classifier, blocks past early exit)", len(report.loaded), len(missing), missing[:6],

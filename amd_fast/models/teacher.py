@@ -30,6 +30,10 @@ class TeacherOutput(NamedTuple):
 
 
 class AMDTeacher(nn.Module):
+    # load_pretrained skips a checkpoint's blocks past max(teacher_align_layers) for this model only: the
+    # teacher stops early on purpose; any other model with fewer blocks than its checkpoint is an error.
+    early_exit = True
+
     def __init__(self, cfg: ModelConfig, ops_impl: Optional[str] = None):
         super().__init__()
         self.ops_impl = ops_impl  # 'triton' | 'eager' | None (automatic), see amd_fast.ops

@@ -5,11 +5,17 @@ Parameter names follow timm (``blocks.N.attn.qkv``, ``ls1.gamma``, ``mlp.fc1``..
 onto them. Attention is timm's, which uses fused SDPA.
 
 On the key bias: VideoMAE's attention has q and v biases but none for k. timm's
-``qkv`` has one bias for all three; the k third starts at zero and a gradient hook
-zeroes its gradient, so it stays exactly zero and the math is the reference's. (Its
-true gradient is zero anyway, since adding ``q.b_k`` to every logit of a row cannot
-change a softmax, but rounding leaves ~1e-8, which AdamW's normalisation would blow up
-into real updates.) Import fills the k third with zeros; export drops it.
+``qkv`` has one bias for all three; ours (:class:`QKVLinear`) multiplies it by a constant
+0/1 mask (a non-persistent buffer: 1 on the q and v thirds, 0 on the k third) in every
+forward, so the k third never enters the math and its gradient is exactly zero: it stays
+at the zero it starts with, and the math is the reference's. (Its true gradient is zero
+anyway, since adding ``q.b_k`` to every logit of a row cannot change a softmax, but rounding
+leaves ~1e-8, which AdamW's normalisation would blow up into real updates.) The mask is part
+of the module, so it survives ``copy.deepcopy``, pickling, ``.to()`` and parameter swaps,
+which a gradient hook on the parameter (the earlier design) did not; the state dict keeps
+timm's single ``attn.qkv.bias`` (checkpoints unchanged), which a separate ``q_bias`` /
+``v_bias`` pair as in VideoMAE would have renamed. Import fills the k third with zeros;
+export drops it.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import Attention, DropPath, LayerScale, Mlp
 from torch.utils.checkpoint import checkpoint
 
@@ -65,11 +72,20 @@ class PatchEmbed(nn.Module):
         return self.proj(video).flatten(2).transpose(1, 2).contiguous()
 
 
-def _zero_key_bias_grad(grad: torch.Tensor, dim: int) -> torch.Tensor:
-    """VideoMAE has no key bias: keep the k third of timm's fused qkv bias at zero (see module doc)."""
-    grad = grad.clone()
-    grad[dim:2 * dim] = 0
-    return grad
+class QKVLinear(nn.Linear):
+    """timm's fused qkv projection without a key bias (VideoMAE's q_bias / v_bias): the bias is used times a
+    constant 0/1 mask, so its k third has no effect and an exactly zero gradient (see module doc)."""
+
+    def __init__(self, dim: int, out_dim: int):
+        super().__init__(dim, out_dim, bias=True)
+        mask = torch.ones(out_dim)
+        mask[dim:2 * dim] = 0
+        self.register_buffer("bias_mask", mask, persistent=False)  # not in the state dict: names unchanged
+        with torch.no_grad():
+            self.bias[dim:2 * dim] = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias * self.bias_mask.to(self.bias.dtype))
 
 
 class Block(nn.Module):
@@ -79,7 +95,7 @@ class Block(nn.Module):
         super().__init__()
         self.norm1 = LayerNorm(dim)
         self.attn = Attention(dim, num_heads=heads, qkv_bias=True)
-        self.attn.qkv.bias.register_hook(partial(_zero_key_bias_grad, dim=dim))
+        self.attn.qkv = QKVLinear(dim, 3 * dim)  # the k third of the bias is masked out (module doc)
         self.ls1 = LayerScale(dim, init_values) if init_values > 0 else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = LayerNorm(dim)

@@ -39,19 +39,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m amd_fast.shard", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--src", choices=SOURCES, default="synthetic", help="dataset layout (default: synthetic)")
-    p.add_argument("--root", type=Path, help="dataset folder (all sources but synthetic/csv)")
-    p.add_argument("--list", dest="list_file", type=Path, help="--src csv: CSV with header path,label[,split]")
+    p.add_argument("--root", type=Path, help="dataset folder (all sources but synthetic; for csv optional: where "
+                   "relative paths start, default the CSV's folder)")
+    p.add_argument("--list", dest="list_file", type=Path,
+                   help="--src csv: CSV with header path,label[,split]; rows of splits not in --splits are counted "
+                        "in the log and the manifest ('unbuilt_splits'), rows without a split go to the first split")
     p.add_argument("--classes", dest="classes_file", type=Path,
-                   help="text file, one class name per line (index = line); overrides the layout's own list")
+                   help="kinetics400/csv: text file, one class name per line (index = line); overrides the "
+                        "layout's own list")
     p.add_argument("--out", type=Path, help="output folder (default: shards/<src>)")
-    p.add_argument("--splits", help="comma-separated splits (default: train,val; ucf101/hmdb51: train,test)")
+    p.add_argument("--splits", help="comma-separated splits (default: train,val; ucf101/hmdb51: train,test; csv/folder: "
+                   "train). Case-insensitive: 'Train' rows or a 'Train/' folder belong to split train; files are "
+                   "named in lowercase")
     p.add_argument("--fold", type=int, default=1, help="ucf101/hmdb51 official split number, 1-3 (default: 1)")
     p.add_argument("--samples-per-shard", type=int, default=256, help="videos per tar (default: 256)")
     p.add_argument("--shard-bytes", type=_size, help="close a shard at this many source bytes (e.g. 1G)")
-    p.add_argument("--workers", type=int, default=2, help="encoder processes; 0 = in this process (default: 2)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="encoder processes, capped at this machine's CPU cores and the number of videos (logged); "
+                        "0 = in this process (default: 2)")
     p.add_argument("--codec", choices=CODECS, help="default: vp9 for synthetic, copy for real datasets")
-    p.add_argument("--short-side", type=int, help="resize so the short side is this (re-encoding codecs)")
-    p.add_argument("--gop", type=int, help="keyframe interval (re-encoding codecs)")
+    p.add_argument("--short-side", type=int,
+                   help="resize so the short side is this, an even number in 16..4096 (re-encoding codecs)")
+    p.add_argument("--gop", type=int, help="keyframe interval in frames, 1..100000 (re-encoding codecs)")
     p.add_argument("--preset", choices=tuple(PRESETS), help="decode-efficient training shards: nvdec = H.264 for "
                    "GPU decode, cpu = VP9 for DALI's CPU decoder; both short side 320 and a GOP from --clip-span "
                    "(options given explicitly win). README: 'Decode-efficient shards'")
@@ -100,6 +109,10 @@ def _summary(report) -> str:
     rate = encoded / report.wall_s if report.wall_s > 0 else 0.0
     lines.append(f"  total: {ok} ok, {failed} failed; {encoded} videos processed in {report.wall_s:.1f} s "
                  f"({rate:.1f} videos/s)")
+    if report.left_out:
+        lines.append(f"  not built (listed for splits not in --splits): "
+                     f"{', '.join(f'{s} {n}' for s, n in report.left_out.items())}; "
+                     f"--splits {report.include_all} builds them too")
     for split, m in report.manifests.items():
         lines.append(f"  {split} manifest: {m}")
         if report.splits[split].videos_failed:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from amd_fast.errors import RunFailed
+from amd_fast.cores import usable_cores
+from amd_fast.errors import InputError, RunFailed
 
 from . import sources, synthetic
 from .lock import SplitLocks
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 
 class TooManyFailures(RunFailed):
     pass
+
+
+class ShardsWithoutPlan(InputError):
+    """--out holds a split's tars but not the plan.json they were built with (a deleted plan, someone else's tars)."""
 
 
 @dataclass
@@ -50,6 +55,8 @@ class BuildReport:
     wall_s: float = 0.0  # the build, without --verify
     failure_logs: Dict[str, Path] = field(default_factory=dict)
     verify: Optional[VerifyReport] = None  # set when opts.verify
+    left_out: Dict[str, int] = field(default_factory=dict)  # listed videos of splits not requested, by split
+    include_all: str = ""  # the --splits value that would build them too
 
 
 def load_index(o: ShardOptions) -> sources.SourceIndex:
@@ -164,19 +171,62 @@ def _finished_shards(out: Path, split: str, planned: List[List[PlannedVideo]]) -
     return done
 
 
-def _build_split(o: ShardOptions, index: sources.SourceIndex, split: str, pool: _Pool, stats: SplitStats) -> Path:
+def capped_workers(requested: int, jobs: Optional[int] = None) -> int:
+    """``requested`` worker processes, at most one per usable CPU core and per job (logged when capped):
+    each worker encodes single-threaded, so more would only cost memory and start-up time."""
+    if requested == 0:
+        log.info("--workers 0: encoding in this process, one video at a time (no worker pool)")
+    if requested <= 1:
+        return requested
+    cores = usable_cores()
+    n = min(requested, cores, jobs if jobs else requested)
+    if n < requested:
+        why = (f"only {jobs} video(s) to process" if jobs is not None and jobs < cores
+               else f"this machine gives this process {cores} CPU core(s)")
+        log.info("--workers %d capped to %d: %s", requested, n, why)
+    return n
+
+
+def _refuse_unplanned_shards(o: ShardOptions, split: str) -> None:
+    """Tars of ``split`` without the plan.json that says how they were built cannot be resumed or trusted."""
+    if o.overwrite or (o.out / f"{split}.plan.json").exists():
+        return
+    tars = sorted(o.out.glob(f"{split}-[0-9]*.tar"))
+    if tars:
+        raise ShardsWithoutPlan(
+            f"{o.out} holds {len(tars)} {split} shard(s) ({tars[0].name}{', ...' if len(tars) > 1 else ''}) but no "
+            f"{split}.plan.json, so this run cannot tell how they were built or resume them. Pick a new --out, or "
+            f"rerun with --overwrite to delete this tool's {split} files there and rebuild (or move the "
+            f"{split}-*.tar files away)")
+
+
+def _no_videos(o: ShardOptions, index: sources.SourceIndex, split: str) -> sources.LayoutError:
+    where = {"csv": f" in {o.list_file}", "synthetic": ""}.get(o.src, f" under {o.root}")
+    msg = f"split {split!r} of --src {o.src} has no videos{where}"
+    if index.left_out:
+        msg += (f"; the source lists videos for {', '.join(f'{s} ({n})' for s, n in sorted(index.left_out.items()))}: "
+                f"choose from those with --splits (split names match case-insensitively)")
+    return sources.LayoutError(msg)
+
+
+def _log_left_out(o: ShardOptions, index: sources.SourceIndex, report: BuildReport) -> None:
+    """Listed videos of splits not requested: one line, with the --splits that would include them."""
+    if not index.left_out:
+        return
+    report.left_out = dict(sorted(index.left_out.items()))
+    report.include_all = ",".join([*o.splits, *report.left_out])
+    log.warning("%d listed video(s) not built: their split is not in --splits %s (%s); --splits %s would "
+                "include them", sum(report.left_out.values()), ",".join(o.splits),
+                ", ".join(f"{s}: {n}" for s, n in report.left_out.items()), report.include_all)
+
+
+def _build_split(o: ShardOptions, index: sources.SourceIndex, split: str, planned: List[List[PlannedVideo]],
+                 pool: _Pool, stats: SplitStats) -> Path:
     out = o.out
-    records = index.splits[split]
-    planned = plan_split(records, split, o.seed, o.samples_per_shard, o.shard_bytes, o.limit)
     n_videos = sum(len(s) for s in planned)
-    if n_videos == 0:
-        raise sources.LayoutError(f"split {split!r} of --src {o.src} has no videos")
     options = {**o.content_dict(), "split": split}
     if o.overwrite:
         _remove_split(out, split)
-    elif not (out / f"{split}.plan.json").exists() and any(out.glob(f"{split}-[0-9]*.tar")):
-        raise RuntimeError(f"{out} holds {split} shards but no {split}.plan.json, so it cannot tell how they "
-                           "were built. Rerun with --overwrite to rebuild them, or pick another --out")
     resumed = check_or_write_plan(out / f"{split}.plan.json", plan_dict(options, index.classes, planned))
 
     done = _finished_shards(out, split, planned) if resumed else {}
@@ -243,7 +293,8 @@ def _build_split(o: ShardOptions, index: sources.SourceIndex, split: str, pool: 
     stats.shards = len(shards)
     stats.bytes = sum(s["bytes"] for s in shards)
     return write_manifest(manifest_path(out, split), source=o.src, split=split, classes=index.classes,
-                          shards=shards, num_failures=stats.videos_failed, options=options)
+                          shards=shards, num_failures=stats.videos_failed, options=options,
+                          unbuilt_splits=index.left_out)
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -283,22 +334,36 @@ def build_shards_report(opts: ShardOptions) -> BuildReport:
         _report_existing(o, report)
     else:
         index = load_index(o)
+        # Every split is planned and checked before any is built: a bad second split must not cost the first's build.
+        plans = {split: plan_split(index.splits[split], split, o.seed, o.samples_per_shard, o.shard_bytes, o.limit)
+                 for split in o.splits}
+        for split, planned in plans.items():
+            n = sum(len(s) for s in planned)
+            if n == 0:
+                raise _no_videos(o, index, split)
+            if n < len(index.splits[split]):
+                log.info("%s: --limit %d: building %d of the %d listed videos", split, o.limit, n,
+                         len(index.splits[split]))
+        _log_left_out(o, index, report)
         o.out.mkdir(parents=True, exist_ok=True)
         with SplitLocks(o.out, o.splits):
-            pool = _Pool(o.workers)
+            for split in o.splits:
+                _refuse_unplanned_shards(o, split)
+            workers = capped_workers(o.workers, max(sum(len(s) for s in p) for p in plans.values()))
+            pool = _Pool(workers)
             ok = False
             try:
                 for split in o.splits:
                     report.splits[split] = SplitStats()
-                    report.manifests[split] = _build_split(o, index, split, pool, report.splits[split])
+                    report.manifests[split] = _build_split(o, index, split, plans[split], pool, report.splits[split])
                     report.failure_logs[split] = failures_path(o.out, split)
                 ok = True
             finally:
                 pool.close(terminate=not ok)
     report.wall_s = time.perf_counter() - t0
     if o.verify:
-        report.verify = verify_shards(o.out, manifests=list(report.manifests.values()), workers=o.workers,
-                                      progress=o.progress)
+        report.verify = verify_shards(o.out, manifests=list(report.manifests.values()),
+                                      workers=capped_workers(o.workers), progress=o.progress)
     return report
 
 

@@ -5,7 +5,7 @@ import datetime
 import json
 import os
 from pathlib import Path
-from typing import Iterable, List, Sequence, Set
+from typing import List, Sequence, Set
 
 MANIFEST_FORMAT = "amd_fast-shards/1"
 _REQUIRED = {"format": str, "source": str, "split": str, "classes": list, "num_samples": int,
@@ -22,7 +22,9 @@ def failures_path(out: Path, split: str) -> Path:
 
 
 def write_manifest(path: Path, *, source: str, split: str, classes: Sequence[str], shards: Sequence[dict],
-                   num_failures: int, options: dict) -> Path:
+                   num_failures: int, options: dict, unbuilt_splits: "dict | None" = None) -> Path:
+    """``unbuilt_splits``: videos the source listed for splits this build did not ask for, by split (recorded
+    when any, so a manifest says what of the listing it leaves out)."""
     m = {
         "format": MANIFEST_FORMAT, "source": source, "split": split, "classes": list(classes),
         "num_samples": sum(s["samples"] for s in shards), "num_failures": num_failures,
@@ -33,6 +35,8 @@ def write_manifest(path: Path, *, source: str, split: str, classes: Sequence[str
     counts = split_codecs(shards)
     if counts is not None:
         m["codecs"] = counts
+    if unbuilt_splits:
+        m["unbuilt_splits"] = dict(sorted(unbuilt_splits.items()))
     return save_manifest(path, m)
 
 

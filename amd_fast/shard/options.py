@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -58,6 +60,21 @@ PRESETS = {
 }
 DEFAULT_CLIP_SPAN = 61  # frames a VideoMAE / AMD Kinetics clip covers: (16 - 1) * 4 + 1
 
+# Output short side, pixels. 16 is one ViT patch; 4096 is 4K, already far above any training crop (and
+# encodes take seconds per frame beyond it). Both even: yuv420p halves the chroma planes.
+SHORT_SIDE_RANGE = (16, 4096)
+# Keyframe interval, frames. 100000 (about an hour at 25 fps) already means "one keyframe per video";
+# the encoders take an int32, and a larger value made every video fail instead of being refused.
+GOP_RANGE = (1, 100_000)
+# A synthetic clip is rendered in memory (frames x height x width x 3 bytes) before it is encoded.
+SYNTHETIC_CLIP_BYTES_MAX = 1 << 30
+# Split names become file names (<split>-000000.tar, <split>.manifest.json): no separators, no dots.
+SPLIT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+# Sources whose options name a folder or listing: --root / --list / --classes given to any other source
+# would be ignored, so they are refused instead.
+ROOT_SOURCES = ("kinetics400", "ssv2", "ucf101", "hmdb51", "csv", "folder")
+CLASSES_SOURCES = ("kinetics400", "csv")
+
 
 def preset_gop(clip_span: int) -> int:
     """Keyframe interval for clips spanning ``clip_span`` frames: the power of two nearest span / 2 (2..64)."""
@@ -76,6 +93,10 @@ class ShardOptions:
     - ``max_failures=None`` allows up to 5 % of a split's videos (rounded up) to be skipped.
     - ``synthetic_count`` is the total number of synthetic clips; a quarter (rounded down) goes
       to ``val`` (and ``test`` if asked), the rest to ``train``.
+    - ``splits`` are matched case-insensitively and written lowercase (``Train`` builds ``train-*.tar``);
+      a listing's split column (``--src csv``) and split sub-folders (``--src folder``) match the same way.
+    - ``workers=0`` encodes in this process; more workers than CPU cores or than videos to encode are
+      capped (logged). ``short_side`` is even, in 16..4096; ``gop`` in 1..100000.
     """
 
     src: str = "synthetic"
@@ -111,6 +132,7 @@ class ShardOptions:
         o = dataclasses.replace(self)
         if o.src not in SOURCES:
             raise ShardOptionsError(f"unknown --src {o.src!r}; choose one of {', '.join(SOURCES)}")
+        from_preset = {}  # option -> value the preset filled in (named in errors: the user did not type them)
         if o.preset is not None:
             if o.preset not in PRESETS:
                 raise ShardOptionsError(f"unknown --preset {o.preset!r}; choose one of {', '.join(PRESETS)}")
@@ -119,6 +141,10 @@ class ShardOptions:
             for key, value in {**PRESETS[o.preset], "gop": preset_gop(o.clip_span)}.items():
                 if getattr(o, key) is None:
                     setattr(o, key, value)
+                    from_preset[key] = value
+        elif o.clip_span != DEFAULT_CLIP_SPAN:
+            raise ShardOptionsError("--clip-span only sets the keyframe interval of a --preset; add --preset "
+                                    "nvdec|cpu, or give the interval directly with --gop N")
         if o.codec is None:
             o.codec = "vp9" if o.src == "synthetic" else "copy"
         if o.codec not in CODECS:
@@ -126,41 +152,83 @@ class ShardOptions:
         if o.src == "synthetic" and o.codec == "copy":
             raise ShardOptionsError("--src synthetic generates frames, so it needs an encoder: --codec vp9|h264|mjpeg")
         if o.codec == "copy" and (o.short_side or o.gop):
-            raise ShardOptionsError("--short-side/--gop need re-encoding; add --codec vp9 (or h264/mjpeg)")
-        o.splits = tuple(o.splits) if o.splits else DEFAULT_SPLITS[o.src]
-        o.out = Path(o.out) if o.out is not None else Path("shards") / o.src
-        for name in ("root", "list_file", "classes_file"):
+            flags = {k: f"--{k.replace('_', '-')} {getattr(o, k)}" for k in ("short_side", "gop") if getattr(o, k)}
+            given = [f for k, f in flags.items() if k not in from_preset]
+            by_preset = [f for k, f in flags.items() if k in from_preset]
+            what = "; ".join(([f"--preset {o.preset} sets {' and '.join(by_preset)}"] if by_preset else [])
+                             + ([f"{' and '.join(given)} given"] if given else []))
+            fix = (f"drop --codec copy (the preset encodes {PRESETS[o.preset]['codec']}), or drop --preset {o.preset} "
+                   "to keep the source bytes" if by_preset else "add --codec vp9 (or h264/mjpeg)")
+            raise ShardOptionsError(f"{what}: that needs re-encoding, but --codec copy keeps the "
+                                    f"source bytes; {fix}")
+        o.splits = _split_names(o.splits) if o.splits else DEFAULT_SPLITS[o.src]
+        o.out = Path(o.out).expanduser() if o.out is not None else Path("shards") / o.src
+        _check_out(o.out)
+        for name, flag in (("root", "--root"), ("list_file", "--list"), ("classes_file", "--classes")):
             v = getattr(o, name)
             if v is not None:
-                setattr(o, name, Path(v).expanduser().resolve())
-        if o.src in ("kinetics400", "ssv2", "ucf101", "hmdb51", "folder") and o.root is None:
+                setattr(o, name, _resolve(Path(v), flag))
+        if o.root is not None and o.src not in ROOT_SOURCES:
+            raise ShardOptionsError(f"--src {o.src} reads no dataset folder, so --root would be ignored; drop it")
+        if o.list_file is not None and o.src != "csv":
+            raise ShardOptionsError(f"--list is read by --src csv only, so --src {o.src} would ignore it; drop --list "
+                                    "(or use --src csv)")
+        if o.classes_file is not None and o.src not in CLASSES_SOURCES:
+            raise ShardOptionsError(f"--src {o.src} takes its class list from the dataset itself, so --classes "
+                                    f"would be ignored; drop it (it applies to {' and '.join(CLASSES_SOURCES)})")
+        if o.src in ROOT_SOURCES and o.src != "csv" and o.root is None:
             raise ShardOptionsError(f"--src {o.src} needs --root DIR (the dataset folder)")
+        if o.root is not None and o.root.exists() and not o.root.is_dir():
+            raise ShardOptionsError(f"--root {o.root} is a file; give the dataset folder"
+                                    + (" (the listing goes to --list)" if o.src == "csv" else ""))
         if o.src == "csv" and o.list_file is None:
             raise ShardOptionsError("--src csv needs --list FILE (a CSV with a header 'path,label[,split]')")
+        if o.list_file is not None and o.list_file.is_dir():
+            raise ShardOptionsError(f"--list {o.list_file} is a folder; give the CSV file (header 'path,label[,split]')")
+        if o.workers < 0:
+            raise ShardOptionsError(f"--workers {o.workers}: give the number of encoder processes (>= 1), or 0 to "
+                                    "encode in this process")
         if o.samples_per_shard < 1:
             raise ShardOptionsError("--samples-per-shard must be >= 1")
         if o.shard_bytes is not None and o.shard_bytes < 1:
             raise ShardOptionsError("--shard-bytes must be >= 1")
-        if o.short_side is not None and (o.short_side < 2 or o.short_side % 2):
-            raise ShardOptionsError("--short-side must be an even number >= 2 (yuv420p needs even sizes)")
-        if o.gop is not None and o.gop < 1:
-            raise ShardOptionsError("--gop must be >= 1")
+        lo, hi = SHORT_SIDE_RANGE
+        if o.short_side is not None and not (lo <= o.short_side <= hi and o.short_side % 2 == 0):
+            raise ShardOptionsError(f"--short-side {o.short_side}: must be an even number of pixels in {lo}..{hi} "
+                                    "(yuv420p needs even sizes; 320 suits 224-pixel training crops)")
+        lo, hi = GOP_RANGE
+        if o.gop is not None and not lo <= o.gop <= hi:
+            raise ShardOptionsError(f"--gop {o.gop}: the keyframe interval must be in {lo}..{hi} frames")
         if o.limit is not None and o.limit < 1:
             raise ShardOptionsError("--limit must be >= 1")
+        if o.max_failures is not None and o.max_failures < 0:
+            raise ShardOptionsError("--max-failures must be >= 0 (0: stop at the first video that fails)")
+        if o.seed < 0:
+            raise ShardOptionsError(f"--seed {o.seed}: must be >= 0")
         if o.src == "synthetic":
             if o.synthetic_count < 2 or o.synthetic_frames < 2 or o.synthetic_size < 16:
                 raise ShardOptionsError("synthetic needs count >= 2, frames >= 2, size >= 16")
             if not 2 <= o.synthetic_classes <= 360:
                 raise ShardOptionsError("synthetic classes must be in 2..360 (one motion direction each)")
-            if o.synthetic_size % 2:
-                raise ShardOptionsError("synthetic size must be even (yuv420p)")
+            if o.synthetic_size % 2 or o.synthetic_size > SHORT_SIDE_RANGE[1]:
+                raise ShardOptionsError(f"--synthetic-size {o.synthetic_size}: must be even (yuv420p) and at most "
+                                        f"{SHORT_SIDE_RANGE[1]}")
             if o.synthetic_content not in CONTENTS:
                 raise ShardOptionsError(f"unknown --synthetic-content {o.synthetic_content!r}; choose one of "
                                         f"{', '.join(CONTENTS)}")
             if o.synthetic_min_frames is not None and not 2 <= o.synthetic_min_frames <= o.synthetic_frames:
                 raise ShardOptionsError("--synthetic-min-frames must be in 2..--synthetic-frames")
-        if o.src in ("hmdb51", "ucf101") and o.fold not in (1, 2, 3):
-            raise ShardOptionsError("--fold must be 1, 2 or 3 (the official HMDB51/UCF101 splits)")
+            w, h = o.synthetic_spec().frame_size()
+            if o.synthetic_frames * w * h * 3 > SYNTHETIC_CLIP_BYTES_MAX:
+                raise ShardOptionsError(f"a synthetic clip of {o.synthetic_frames} frames at {w}x{h} is "
+                                        f"{o.synthetic_frames * w * h * 3 / 2**30:.1f} GiB in memory (at most 1 GiB); "
+                                        "lower --synthetic-frames or --synthetic-size")
+        if o.src in ("hmdb51", "ucf101"):
+            if o.fold not in (1, 2, 3):
+                raise ShardOptionsError("--fold must be 1, 2 or 3 (the official HMDB51/UCF101 splits)")
+        elif o.fold != 1:
+            raise ShardOptionsError(f"--fold picks an official split of ucf101/hmdb51; --src {o.src} has none, "
+                                    "drop --fold")
         return o
 
     def max_failures_for(self, n_videos: int) -> int:
@@ -186,3 +254,38 @@ class ShardOptions:
             return None
         return SyntheticSpec(self.synthetic_content, self.synthetic_classes, self.synthetic_frames,
                              self.synthetic_size, self.synthetic_min_frames)
+
+
+def _split_names(splits: Sequence[str]) -> tuple:
+    """--splits as written -> lowercase names, each once (split names match case-insensitively)."""
+    names = []
+    for raw in splits:
+        name = str(raw).strip().lower()
+        if not SPLIT_NAME.fullmatch(name):
+            raise ShardOptionsError(f"--splits: {str(raw)!r} is not a split name (letters, digits, '_' and '-'; it "
+                                    "becomes part of the shard file names)")
+        if name in names:
+            raise ShardOptionsError(f"--splits names {name!r} twice (split names match case-insensitively)")
+        names.append(name)
+    return tuple(names)
+
+
+def _check_out(out: Path) -> None:
+    """--out must be (or become) a folder: a file there, or on the way there, is refused before any work."""
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == out else f"is under {p}, which is a file"
+                raise ShardOptionsError(f"--out {out} {what}; pick a folder for the shards")
+            return
+
+
+def _resolve(path: Path, flag: str) -> Path:
+    try:
+        return path.expanduser().resolve()
+    except RuntimeError:  # Python < 3.13 reports a symlink loop this way
+        raise ShardOptionsError(f"{flag} {path}: a symlink loop; point {flag} at the real path") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ShardOptionsError(f"{flag} {path}: a symlink loop; point {flag} at the real path") from None
+        raise

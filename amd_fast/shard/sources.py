@@ -6,10 +6,16 @@ the class names (index = position) and, per requested split, the list of
 naming the expected layout; a video file listed in the annotations but absent on disk
 is kept as a record (it becomes a logged failure, like any unreadable video), because
 real Kinetics/SSv2 downloads always miss some videos.
+
+Nothing listed is dropped without a word: a listed video is built, or logged as a failure, or counted
+in :attr:`SourceIndex.left_out` (its split was not asked for; the build logs the counts with the
+``--splits`` that would include them and records them in the manifest). Split names match
+case-insensitively everywhere (``Train`` rows, a ``Train/`` folder and ``--splits train`` are one split).
 """
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import logging
@@ -50,13 +56,20 @@ class VideoRecord:
     @property
     def identity(self) -> str:
         """Two records with the same identity are the same video (see :func:`drop_duplicates`)."""
-        return self.clip_id or (str(self.path.resolve()) if self.path is not None else self.source)
+        if self.clip_id or self.path is None:
+            return self.clip_id or self.source
+        try:
+            return str(self.path.resolve())
+        except (RuntimeError, OSError):  # a symlink loop: it fails to read later and is logged as a failure
+            return str(self.path.absolute())
 
 
 @dataclass
 class SourceIndex:
     classes: List[str]
     splits: Dict[str, List[VideoRecord]]
+    # Listed videos not built because their split was not requested: split name -> count.
+    left_out: Dict[str, int] = field(default_factory=dict)
 
 
 def _require(path: Path, layout: str) -> Path:
@@ -110,12 +123,14 @@ def drop_duplicates(index: SourceIndex) -> SourceIndex:
             log.warning("%d video(s) of split %s are also in split %s (e.g. %s): evaluation would see training "
                         "videos", len(leaked), split, first_split[leaked[0].identity], leaked[0].source)
         out[split] = kept
-    return SourceIndex(index.classes, out)
+    return SourceIndex(index.classes, out, dict(index.left_out))
 
 
 def _read_text(path: Path, layout: str) -> str:
-    """A listing's text; a binary or non-UTF-8 file is a LayoutError, not a traceback."""
-    data = _require(path, layout).read_bytes()
+    """A listing's text; a folder, binary or non-UTF-8 file is a LayoutError, not a traceback."""
+    if _require(path, layout).is_dir():
+        raise LayoutError(f"{path} is a folder, not a listing. Expected:\n{layout}")
+    data = path.read_bytes()
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -141,7 +156,7 @@ def _label(lookup: Dict[str, int], name: str, where: str) -> int:
 
 
 def _check_splits(splits: Sequence[str], allowed: Sequence[str], src: str) -> None:
-    bad = [s for s in splits if s not in allowed]
+    bad = [s for s in splits if s.lower() not in allowed]
     if bad:
         raise LayoutError(f"--src {src} has splits {', '.join(allowed)}; got {', '.join(bad)}")
 
@@ -168,7 +183,7 @@ def load_kinetics400(root: Path, splits: Sequence[str], classes_file: Optional[P
     _require(root, K400_CVDF)
     if (root / "annotations").is_dir():
         return _load_k400_cvdf(root, splits, classes_file)
-    if any((root / f"{s}.csv").exists() for s in splits):
+    if any(_child(root, f"{s}.csv").exists() for s in splits):
         return load_list_layout(root, splits, classes_file, layout=K400_CVDF)
     raise LayoutError(f"{root} has neither annotations/ nor {'/'.join(s + '.csv' for s in splits)}. "
                       f"Expected layout:\n{K400_CVDF}")
@@ -219,7 +234,8 @@ def _load_k400_cvdf(root: Path, splits: Sequence[str], classes_file: Optional[Pa
                 path = alt if alt.exists() else path
             recs.append(_record(path, label, name, where=where, clip_id=name))
         out[split] = recs
-    return SourceIndex(classes, out)
+    left_out = {s: len(rs) for s, rs in rows.items() if s not in splits and rs}
+    return SourceIndex(classes, out, left_out)
 
 
 def _read_json(path: Path, layout: str):
@@ -241,7 +257,7 @@ def load_list_layout(root: Path, splits: Sequence[str], classes_file: Optional[P
     """
     lines: Dict[str, List[tuple]] = {}
     for split in splits:
-        f = root / f"{split}.csv"
+        f = _child(root, f"{split}.csv")
         entries = []
         for n, line in enumerate(_read_text(f, layout).splitlines(), start=1):
             line = line.strip()
@@ -280,7 +296,26 @@ def load_list_layout(root: Path, splits: Sequence[str], classes_file: Optional[P
             recs.append(_record(path, idx, where=where))
         out[split] = recs
     log.info("list layout: %d classes", len(classes))
-    return SourceIndex(classes, out)
+    left_out = {}
+    for split in ("train", "val", "test"):  # the lists VideoMAE ships; any of them not asked for is counted
+        f = _child(root, f"{split}.csv")
+        if split not in splits and f.is_file():
+            n = sum(1 for line in _read_text(f, layout).splitlines() if line.strip())
+            if n:
+                left_out[split] = n
+    return SourceIndex(classes, out, left_out)
+
+
+def _child(folder: Path, name: str) -> Path:
+    """``folder/name``, or the entry whose name matches it case-insensitively (``Train.csv``, ``Val/``)."""
+    exact = folder / name
+    if exact.exists() or not folder.is_dir():
+        return exact
+    matches = sorted(p for p in folder.iterdir() if p.name.lower() == name.lower())
+    if len(matches) > 1:
+        raise LayoutError(f"{folder} holds {', '.join(p.name for p in matches)}: names that differ only in case; "
+                          "split names match case-insensitively, so keep one")
+    return matches[0] if matches else exact
 
 
 # --- Something-Something v2 ---------------------------------------------------------------
@@ -309,7 +344,7 @@ def load_ssv2(root: Path, splits: Sequence[str]) -> SourceIndex:
     video_dir = video_dir if video_dir.is_dir() else root
     out = {}
     for split in splits:
-        fname = "something-something-v2-" + ("train" if split == "train" else "validation") + ".json"
+        fname = _SSV2_FILES[split]
         items = _read_json(root / fname, SSV2)
         recs = []
         for n, it in enumerate(items if isinstance(items, list) else [items]):
@@ -324,7 +359,16 @@ def load_ssv2(root: Path, splits: Sequence[str]) -> SourceIndex:
             recs.append(_record(video, _label(lookup, name, where), where=where))
         out[split] = recs
     log.info("ssv2: %d classes", len(classes))
-    return SourceIndex(classes, out)
+    left_out = {}
+    for split, fname in _SSV2_FILES.items():
+        if split not in splits and (root / fname).is_file():
+            items = _read_json(root / fname, SSV2)
+            if items:
+                left_out[split] = len(items) if isinstance(items, list) else 1
+    return SourceIndex(classes, out, left_out)
+
+
+_SSV2_FILES = {"train": "something-something-v2-train.json", "val": "something-something-v2-validation.json"}
 
 
 # --- UCF101 / HMDB51 ----------------------------------------------------------------------
@@ -340,12 +384,14 @@ def load_ucf101(root: Path, splits: Sequence[str], fold: int) -> SourceIndex:
     _check_splits(splits, ("train", "test"), "ucf101")
     lists = root / "ucfTrainTestlist"
     classes = []
-    for line in _read_text(lists / "classInd.txt", UCF101).splitlines():
+    for n, line in enumerate(_read_text(lists / "classInd.txt", UCF101).splitlines(), start=1):
         if line.strip():
-            idx, name = line.split()
-            if int(idx) != len(classes) + 1:
+            parts = line.split()
+            if len(parts) != 2 or not parts[0].isdigit():
+                raise LayoutError(f"{lists}/classInd.txt line {n}: expected '<index> <ClassName>', got {line.strip()!r}")
+            if int(parts[0]) != len(classes) + 1:
                 raise LayoutError(f"{lists}/classInd.txt: indices must run 1..N in order")
-            classes.append(name)
+            classes.append(parts[1])
     lookup = _index_of(classes)
     video_dir = root / "UCF-101" if (root / "UCF-101").is_dir() else root
     out = {}
@@ -360,7 +406,14 @@ def load_ucf101(root: Path, splits: Sequence[str], fold: int) -> SourceIndex:
             recs.append(_record(video_dir / rel, _label(lookup, rel.split("/")[0], f"{f.name} line {n}")))
         out[split] = recs
     log.info("ucf101 fold %d: %d classes", fold, len(classes))
-    return SourceIndex(classes, out)
+    left_out = {}
+    for split in ("train", "test"):
+        f = lists / f"{split}list{fold:02d}.txt"
+        if split not in splits and f.is_file():
+            n = sum(1 for line in _read_text(f, UCF101).splitlines() if line.strip())
+            if n:
+                left_out[split] = n
+    return SourceIndex(classes, out, left_out)
 
 
 HMDB51 = """  ROOT/testTrainMulti_7030_splits/<class>_test_split{1,2,3}.txt   ('<video>.avi <0|1|2>'; 1=train 2=test)
@@ -377,78 +430,159 @@ def load_hmdb51(root: Path, splits: Sequence[str], fold: int) -> SourceIndex:
     classes = sorted(f.name[: -len(f"_test_split{fold}.txt")] for f in files)
     lookup = _index_of(classes)
     video_dir = root / "hmdb51_org" if (root / "hmdb51_org").is_dir() else root
-    want = {"train": "1", "test": "2"}
+    split_of = {"1": "train", "2": "test", "0": None}  # 0: in no split of this fold (the official 70/30)
     out = {s: [] for s in splits}
+    left_out: Dict[str, int] = {}
+    unused = 0
     for f in files:
         cls = f.name[: -len(f"_test_split{fold}.txt")]
-        for line in _read_text(f, HMDB51).splitlines():
+        for n, line in enumerate(_read_text(f, HMDB51).splitlines(), start=1):
             parts = line.split()
-            if len(parts) != 2:
+            if not parts:
                 continue
-            for split in splits:
-                if parts[1] == want[split]:
-                    out[split].append(_record(video_dir / cls / parts[0], lookup[cls]))
-    log.info("hmdb51 fold %d: %d classes", fold, len(classes))
-    return SourceIndex(classes, out)
+            if len(parts) != 2 or parts[1] not in split_of:
+                raise LayoutError(f"{f.name} line {n}: expected '<video>.avi <0|1|2>', got {line.strip()!r}; fix or "
+                                  f"delete that line. Expected layout:\n{HMDB51}")
+            split = split_of[parts[1]]
+            if split is None:
+                unused += 1
+            elif split in out:
+                out[split].append(_record(video_dir / cls / parts[0], lookup[cls], where=f"{f.name} line {n}"))
+            else:
+                left_out[split] = left_out.get(split, 0) + 1
+    log.info("hmdb51 fold %d: %d classes; %d listed video(s) marked 0 (in neither split of this fold) are not built",
+             fold, len(classes), unused)
+    return SourceIndex(classes, out, left_out)
 
 
 # --- generic CSV / folder -----------------------------------------------------------------
 
-CSV_LAYOUT = """  LIST.csv with a header 'path,label' and an optional 'split' column;
-  relative paths are resolved against --root (default: the CSV's folder)"""
+CSV_LAYOUT = """  LIST.csv with a header 'path,label' and an optional 'split' column (header names and split
+  names are case-insensitive); relative paths are resolved against --root (default: the CSV's folder)"""
 
 
 def load_csv(list_file: Path, splits: Sequence[str], root: Optional[Path], classes_file: Optional[Path]) -> SourceIndex:
-    """Rows without a split column go to the first requested split."""
+    """Rows without a split (no column, or an empty cell) go to the first requested split. Split names match
+    case-insensitively; rows of a split not requested are counted in ``left_out``, never dropped silently."""
     base = root or list_file.parent
-    reader = csv.DictReader(io.StringIO(_read_text(list_file, CSV_LAYOUT), newline=""))
+    text = _read_text(list_file, CSV_LAYOUT)
+    if not text.strip():
+        raise LayoutError(f"{list_file} is empty. Expected layout:\n{CSV_LAYOUT}")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
-        if not {"path", "label"} <= set(reader.fieldnames or ()):
-            raise LayoutError(f"{list_file}: header must contain path,label; got {reader.fieldnames}. "
+        # "Path, Label, Split" is the same header: a split column missed for its spelling would put every
+        # row into the first split.
+        reader.fieldnames = [(f or "").strip().lower() for f in reader.fieldnames or ()]
+        if not {"path", "label"} <= set(reader.fieldnames):
+            raise LayoutError(f"{list_file}: header must contain path,label; got {','.join(reader.fieldnames)!r}. "
                               f"Expected layout:\n{CSV_LAYOUT}")
         raw = list(reader)
     except csv.Error as e:
         raise LayoutError(f"{list_file}: not a readable CSV ({e}). Expected layout:\n{CSV_LAYOUT}") from None
     rows = []
+    unsplit = 0
     for n, r in enumerate(raw, start=2):
         path, label = (r.get("path") or "").strip(), (r.get("label") or "").strip()
         if not path or not label:
             raise LayoutError(f"{list_file.name} line {n}: {'empty label' if path else 'no path'} in "
                               f"{_row_text(r)!r}: every row needs path,label (a class name); fix or delete that line")
-        rows.append((path, label, (r.get("split") or splits[0]).strip(), n))
+        split = (r.get("split") or "").strip().lower()
+        if not split:
+            split, unsplit = splits[0], unsplit + 1
+        rows.append((path, label, split, n))
+    if unsplit and "split" in reader.fieldnames:
+        log.warning("csv: %d row(s) of %s have an empty split cell: built into %r (the first of --splits)",
+                    unsplit, list_file.name, splits[0])
     classes = read_classes_file(classes_file) if classes_file else sorted({lab for _, lab, _, _ in rows})
     lookup = _index_of(classes)
     out = {s: [] for s in splits}
+    left_out: Dict[str, int] = {}
     for p, lab, split, n in rows:
         if split in out:
             path = Path(p) if Path(p).is_absolute() else base / p
             where = f"{list_file.name} line {n}"
             out[split].append(_record(path, _label(lookup, lab, where), where=where))
+        else:
+            left_out[split] = left_out.get(split, 0) + 1
     log.info("csv: %d classes", len(classes))
-    return SourceIndex(classes, out)
+    return SourceIndex(classes, out, left_out)
 
 
 FOLDER = """  ROOT/<class>/<video>            (everything goes to the first split), or
-  ROOT/<split>/<class>/<video>    (one sub-folder per requested split)"""
+  ROOT/<split>/<class>/<video>    (one sub-folder per requested split; names match case-insensitively)
+  videos: """ + " ".join(VIDEO_EXTS)
+
+
+def _is_symlink_loop(path: Path) -> bool:
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 reports a loop this way
+        return True
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
 
 
 def load_folder(root: Path, splits: Sequence[str]) -> SourceIndex:
-    """Class = sub-folder name; classes are the sorted union over the splits."""
+    """Class = sub-folder name; classes are the sorted union over the splits.
+
+    Symlink loops are skipped with a warning naming each; files without a video extension and files
+    outside a class folder are counted in one log line; ``ROOT/<split>`` folders of splits not requested
+    are counted in ``left_out``."""
     _require(root, FOLDER)
-    per_split = all((root / s).is_dir() for s in splits)
-    dirs = {s: (root / s if per_split else root) for s in splits}
+    split_dirs = {s: _child(root, s) for s in splits}
+    per_split = all(d.is_dir() for d in split_dirs.values())
     if not per_split and len(splits) > 1:
         raise LayoutError(f"{root} has no {'/'.join(splits)} sub-folders. Expected layout:\n{FOLDER}")
-    classes = sorted({d.name for base in dirs.values() for d in base.iterdir() if d.is_dir()})
+    dirs = split_dirs if per_split else {s: root for s in splits}
+    loops: List[Path] = []
+    ignored: Dict[str, int] = {}  # what was not taken, by kind, for one log line
+
+    def entries(folder: Path) -> List[Path]:
+        kept = []
+        for p in sorted(folder.iterdir()):
+            if p.is_symlink() and _is_symlink_loop(p):
+                loops.append(p)
+            else:
+                kept.append(p)
+        return kept
+
+    listing = {s: entries(base) for s, base in dirs.items()}
+    classes = sorted({d.name for found in listing.values() for d in found if d.is_dir()})
     if not classes:
         raise LayoutError(f"{root} has no class sub-folders. Expected layout:\n{FOLDER}")
+    lookup = _index_of(classes)
     out = {}
-    for split, base in dirs.items():
+    for split, found in listing.items():
         recs = []
-        for i, cls in enumerate(classes):
-            d = base / cls
-            if d.is_dir():
-                recs += [_record(p, i) for p in sorted(d.iterdir()) if p.suffix.lower() in VIDEO_EXTS]
+        for d in found:
+            if not d.is_dir():
+                ignored["file(s) outside a class folder"] = ignored.get("file(s) outside a class folder", 0) + 1
+                continue
+            for p in entries(d):
+                if p.is_dir():
+                    ignored["sub-folder(s) in a class folder"] = ignored.get("sub-folder(s) in a class folder", 0) + 1
+                elif p.suffix.lower() in VIDEO_EXTS:
+                    recs.append(_record(p, lookup[d.name]))
+                else:
+                    kind = f"{p.suffix.lower() or 'extension-less'} file(s)"
+                    ignored[kind] = ignored.get(kind, 0) + 1
         out[split] = recs
+    for p in loops:
+        log.warning("folder: skipping %s: a symlink loop", p)
+    if loops:
+        log.warning("folder: skipped %d symlink loop(s) under %s", len(loops), root)
+    if ignored:
+        log.info("folder: not videos, ignored under %s: %s (videos are %s)", root,
+                 ", ".join(f"{n} {kind}" for kind, n in sorted(ignored.items())), " ".join(VIDEO_EXTS))
+    left_out = {}
+    if per_split:  # sibling split folders (ROOT/val when only train was asked for): count their videos
+        taken = {d.name for d in split_dirs.values()}
+        for d in sorted(root.iterdir()):
+            if d.name in taken or d.name.lower() not in ("train", "val", "test") or not d.is_dir():
+                continue
+            n = sum(1 for c in d.iterdir() if c.is_dir() for v in c.iterdir() if v.suffix.lower() in VIDEO_EXTS)
+            if n:
+                left_out[d.name.lower()] = left_out.get(d.name.lower(), 0) + n
     log.info("folder: %d classes", len(classes))
-    return SourceIndex(classes, out)
+    return SourceIndex(classes, out, left_out)

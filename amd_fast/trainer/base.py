@@ -44,10 +44,12 @@ import torch.nn as nn
 
 from amd_fast import ops
 from amd_fast.config import config_diff
+from amd_fast.cores import usable_cores
 from amd_fast.data import build_loader
 from amd_fast.errors import RunFailed
 from amd_fast.serialization import atomic_save
 from amd_fast.trainer import checkpoint as ckpt
+from amd_fast.trainer import run_folder
 from amd_fast.trainer.distributed import DistInfo, StopVote, gather_to_main, is_timeout, timeout_error
 from amd_fast.trainer.flops import peak_flops
 from amd_fast.trainer.optim import apply_schedules, build_optimizer, build_schedules, param_groups
@@ -81,6 +83,15 @@ class FitResult:
     last: Dict[str, float] = field(default_factory=dict)  # the last logged metrics row
     bad_samples: Dict[str, int] = field(default_factory=dict)  # skipped samples by reason, this process's run
     eval: Optional[Any] = None  # the final evaluation, for tasks that have one (fine-tuning: EvalResult)
+    start_step: int = 0  # where this process started (the resumed step, else 0)
+    clips_per_step: int = 0  # over all ranks (videos x num_sample x world size)
+    train_s: float = 0.0  # wall time of this process's training steps, data waits included (not the final eval)
+
+    @property
+    def clips_per_s(self) -> Optional[float]:
+        """Clips trained per second of this process's training wall time (None: no step ran here)."""
+        steps = self.step - self.start_step
+        return steps * self.clips_per_step / self.train_s if steps > 0 and self.train_s > 0 else None
 
 
 class _StopRequest:
@@ -104,6 +115,7 @@ class _StopRequest:
     def restore(self):
         for s, h in self._old.items():
             signal.signal(s, h)
+        self._old = {}
 
 
 class NonFiniteGuard:
@@ -144,7 +156,7 @@ def set_cpu_threads(requested: Optional[int]) -> int:
     """torch intra-op threads for CPU training (see TrainConfig.cpu_threads); returns the count used."""
     if requested is None and "OMP_NUM_THREADS" in os.environ:
         return torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     n = requested or max(1, cores - 1)
     torch.set_num_threads(n)
     return n
@@ -156,11 +168,13 @@ class TrainerBase:
     among them."""
 
     MODEL_KEY = "model"  # the checkpoint key of the trained weights
+    TASK = ""  # what run.json records ("pretrain", "finetune"): a folder holds runs of one task only
     # Resuming with one of these changed would silently train a different model or on different clips.
     RESUME_GUARDED = ("model.", "data.num_frames", "data.input_size", "data.sampling_rate")
     # Changing these between runs is harmless (paths that moved, output options, the resume switch itself).
     RESUME_FREE = ("model.use_checkpoint", "checkpoint.resume", "checkpoint.dir", "log.", "data.shards",
                    "data.num_workers", "data.dali_threads", "data.dali_pipelines", "data.prefetch", "data.device",
+                   "checkpoint.overwrite",
                    "train.device", "train.log_every", "train.cpu_threads", "train.dist_timeout_s")
 
     def __init__(self, cfg, info: DistInfo):
@@ -171,6 +185,11 @@ class TrainerBase:
             set_cpu_threads(tc.cpu_threads)
         self.amp = tc.bf16_autocast(self.device)
         self.ops_impl = ops.configured_impl(tc.ops_impl)
+        self.ckpt_dir = cfg.checkpoint_dir
+        self.log_dir = Path(cfg.log.dir)
+        # Before anything is built or written: may this run use the folders? (reads only; rank 0 writes in fit)
+        self.identity = run_folder.claim(self.log_dir, self.ckpt_dir, self.TASK, cfg.checkpoint.resume,
+                                         cfg.checkpoint.overwrite)
 
         data_cfg = self.data_config()
         self.loader = build_loader(data_cfg, info.rank, info.world_size)
@@ -187,8 +206,6 @@ class TrainerBase:
 
         self.schedules = build_schedules(cfg.optim, self.total_steps, self.steps_per_epoch, self.global_videos)
         self.optimizer = build_optimizer(self.param_groups(), cfg.optim, float(self.schedules.lr[0]), self.device)
-        self.ckpt_dir = cfg.checkpoint_dir
-        self.log_dir = Path(cfg.log.dir)
         self.manager = ckpt.CheckpointManager(self.ckpt_dir, cfg.checkpoint.keep_last, info.is_main, self.MODEL_KEY)
         self.global_step, self.epoch = 0, 0
         self.guard = NonFiniteGuard(self.device, self._on_nonfinite)
@@ -236,18 +253,23 @@ class TrainerBase:
         rngs = gather_to_main(ckpt.rng_state(), self.info)  # collective: every rank calls state()
         return {"step": self.global_step, "epoch": self.epoch, self.MODEL_KEY: self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "rng": rngs, "data": self.loader.state_dict(),
-                "config": self.cfg.to_dict(), "world_size": self.info.world_size}
+                "config": self.cfg.to_dict(), "world_size": self.info.world_size,
+                "task": self.TASK, "run_id": self.identity.run_id}
 
     def save(self, name: Optional[str] = None) -> Optional[Path]:
         return self.manager.save(self.state(), self.global_step, name)
 
     def restore(self) -> Optional[Path]:
-        found = self.manager.resolve(self.cfg.checkpoint.resume)
+        resume = self.cfg.checkpoint.resume
+        found = self.manager.resolve(resume) if self.identity.continued or resume not in ("auto", "none") else None
         if found is None:
-            if self.cfg.checkpoint.resume == "auto":
-                log.info("no checkpoint in %s: starting from scratch", self.ckpt_dir)
+            if resume == "auto":
+                log.info("no checkpoint of this run in %s: starting from scratch", self.ckpt_dir)
             return None
         path, state = found
+        if state.get("run_id") not in (None, self.identity.run_id) and resume == "auto":
+            raise ckpt.CheckpointError(f"checkpoint {path} belongs to run {state['run_id'][:8]}, not to the run "
+                                       f"recorded in {self.log_dir / run_folder.MARKER}: use a new log.dir")
         self._check_resume_config(path, state.get("config") or {})
         try:
             self.model.load_state_dict(state[self.MODEL_KEY])
@@ -329,9 +351,12 @@ class TrainerBase:
 
     def _fit(self) -> FitResult:
         cfg, info = self.cfg, self.info
+        if info.is_main:
+            run_folder.take(self.identity, self.log_dir, self.ckpt_dir)
+        if info.distributed:  # every rank resumes only after rank 0 has moved a replaced run aside
+            torch.distributed.barrier(group=info.control_group)
         resumed = self.restore()
         if info.is_main:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
             (self.log_dir / "config.yaml").write_text(cfg.to_yaml())
         scaling = (f"base {cfg.optim.lr:.3g} x {self.global_videos} videos / 256" if cfg.optim.scale_lr
                    else "optim.scale_lr=false")
@@ -346,10 +371,13 @@ class TrainerBase:
                               start_step=self.global_step, clips_per_step=self.global_clips,
                               tensorboard=cfg.log.tensorboard, progress=cfg.log.progress and info.is_main,
                               flops_per_clip=flops, peak_flops=peak)
+        telemetry.event("run_start", self.global_step, task=self.TASK, run_id=self.identity.run_id,
+                        resumed_from=str(resumed) if resumed else None)
         stop = _StopRequest(cfg.checkpoint.save_on_signal)
         vote = StopVote(info)
         interrupted = None
         run_bad: Dict[str, int] = {}
+        start_step, t_train = self.global_step, time.perf_counter()
         self.model.train()
         try:
             while self.global_step < self.total_steps and interrupted is None:
@@ -385,10 +413,14 @@ class TrainerBase:
                 interrupted = stop.signum or signal.SIGTERM
             self.guard.check_pending()
             telemetry.flush(self.global_step)
+            train_s = time.perf_counter() - t_train
             path = self.save()
             if interrupted is not None:
-                log.warning("stopped by %s at step %d; checkpoint %s (resume with checkpoint.resume=auto)",
+                log.warning("stopped by %s at step %d; checkpoint %s (rerun the same command to continue)",
                             signal.Signals(interrupted).name, self.global_step, path or self.ckpt_dir)
+            # The checkpoint is safe: from here a signal interrupts at once (the caller's handler, which
+            # run_cli turns into exit 130) instead of letting a long final evaluation run into SIGKILL.
+            stop.restore()
             self.on_fit_end(telemetry, interrupted is not None)
             if run_bad:
                 log.warning("bad samples skipped in this run: %s", _fmt_counts(run_bad))
@@ -400,7 +432,8 @@ class TrainerBase:
         return FitResult(step=self.global_step, epoch=self.epoch, interrupted=interrupted is not None,
                          resumed_from=str(resumed) if resumed else None, log_dir=str(self.log_dir),
                          checkpoint_dir=str(self.ckpt_dir), metrics=str(telemetry.path), last=telemetry.last,
-                         bad_samples=run_bad)
+                         bad_samples=run_bad, start_step=start_step, clips_per_step=self.global_clips,
+                         train_s=train_s)
 
     def _report_bad_samples(self, telemetry: Telemetry, run_bad: Dict[str, int], epoch_done: bool) -> None:
         """Per-epoch totals by reason over all ranks: logged and written to metrics.jsonl."""

@@ -39,6 +39,7 @@ class Trainer(TrainerBase):
     """AMD (or, with ``model.teacher=null``, VideoMAE) pretraining."""
 
     MODEL_KEY = "student"
+    TASK = "pretrain"
     RESUME_FREE = TrainerBase.RESUME_FREE + ("model.teacher_checkpoint",)
 
     def __init__(self, cfg: Config, info: DistInfo):

@@ -3,10 +3,10 @@
 - No weight decay on 1-D parameters (biases, norm weights), and on any parameter whose name contains
   ``pos_embed``, ``mask_token`` or ``cls_token`` or that the model lists in ``no_weight_decay()``
   (timm / VideoMAE convention).
-- Learning rate: linear warmup from ``warmup_lr`` to ``lr``, then a half cosine down to ``min_lr``;
-  weight decay: a half cosine from ``weight_decay`` to ``weight_decay_end`` (VideoMAE's
-  ``cosine_scheduler``). Both are precomputed arrays indexed by the global step; the decay value is
-  written only to the groups that decay.
+- Learning rate: linear warmup from ``warmup_lr`` to ``lr`` (its last step at ``lr``), then a half cosine
+  down towards ``min_lr``; weight decay: a half cosine from ``weight_decay`` to ``weight_decay_end``, no
+  warmup (VideoMAE's ``cosine_scheduler``, value for value: :func:`cosine_schedule`). Both are
+  precomputed arrays indexed by the global step; the decay value is written only to the groups that decay.
 - The rates in the config are per 256 videos (see :class:`amd_fast.config.OptimConfig`).
 """
 from __future__ import annotations
@@ -69,14 +69,17 @@ def build_optimizer(model_or_groups, cfg: OptimConfig, lr: float, device: torch.
 
 def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: int = 0,
                     warmup_start: float = 0.0) -> np.ndarray:
-    """``total_steps`` values: linear ``warmup_start -> base`` over ``warmup_steps`` (exclusive of ``base``),
-    then ``final + (base - final) * (1 + cos(pi * i / n)) / 2`` for ``i = 0..n-1`` (VideoMAE's ``cosine_scheduler``)."""
+    """``total_steps`` values, exactly VideoMAE's / AMD's ``utils.cosine_scheduler``: a linear warmup
+    ``np.linspace(warmup_start, base, warmup_steps)`` (both ends included: its last step is at ``base``),
+    then ``final + 0.5 * (base - final) * (1 + math.cos(math.pi * i / n))`` for ``i = 0..n-1``,
+    ``n = total_steps - warmup_steps`` (so the cosine part starts at ``base`` too and never reaches ``final``).
+    A warmup longer than the run is cut to the run (the reference asserts instead)."""
     warmup_steps = min(max(int(warmup_steps), 0), total_steps)
-    warm = np.linspace(warmup_start, base, warmup_steps, endpoint=False) if warmup_steps else np.zeros(0)
+    warm = np.linspace(warmup_start, base, warmup_steps) if warmup_steps > 0 else np.array([])
     n = total_steps - warmup_steps
-    i = np.arange(n)
-    cos = final + 0.5 * (base - final) * (1 + np.cos(math.pi * i / max(n, 1)))
-    out = np.concatenate([warm, cos]).astype(np.float64)
+    # math.cos per step, as the reference: np.cos may differ from it in the last bit
+    cos = np.array([final + 0.5 * (base - final) * (1 + math.cos(math.pi * i / n)) for i in range(n)])
+    out = np.concatenate((warm, cos)).astype(np.float64)
     assert len(out) == total_steps
     return out
 

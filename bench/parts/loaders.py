@@ -9,8 +9,11 @@ Loaders, all built from the *same* ``DataConfig`` (shards, clip sampling, multi-
 * ``torchcodec`` — the eager loader with torchcodec decoding (on CUDA: NVDEC in the main process);
 * ``decord`` — the eager loader with decord decoding, the decoder of the VideoMAE / AMD reference loaders.
 
-A peer that is not installed keeps its row as "not measured (...)". ``workers`` is the knob a user turns:
-DataLoader processes for the eager loaders, CPU threads per pipeline for DALI. Each number is the median
+A peer that cannot decode here keeps its rows as "not measured (<why>)": not installed, or "FFmpeg shared
+libraries missing" (torchcodec on a machine without ``apt-get install ffmpeg``), decided once, before any
+loader is built, by ``amd_fast.data.decoders.decoder_problem`` (the check the loader itself runs).
+``workers`` is the knob a user turns: DataLoader processes for the eager loaders, CPU threads per pipeline
+for DALI. Each number is the median
 of ``--repeats`` calls of :func:`amd_fast.data.loader_speed.measure_clips_per_s` (fresh loader, warm-up
 excluded), whose CPU time covers the whole process tree (workers included).
 """
@@ -113,6 +116,7 @@ def _measure(cfg, s, device) -> dict:
 
 def run(args, device: torch.device, shards) -> tuple[list[dict], dict, list[str]]:
     from amd_fast.data import DataConfig
+    from amd_fast.data.decoders import decoder_problem
     from amd_fast.shard import read_manifest
 
     s = settings_for(args, device)
@@ -128,6 +132,17 @@ def run(args, device: torch.device, shards) -> tuple[list[dict], dict, list[str]
                 "num_sample": s["num_sample"]}
         for name in s["loaders"]:
             backend, decoder = LOADERS[name]
+            problem = decoder_problem(decoder) if backend == "eager" else None
+            if problem is not None:
+                status = f"not measured ({problem[0]})"
+                log.warning("loader %s: %s: %s", name, status, problem[1])
+                if problem[1] not in notes:
+                    notes.append(problem[1])
+                once = name == "torchcodec" and device.type == "cuda"  # measured once, in the main process
+                entries += [{"part": "loaders", "kind": "clips", "loader": name, "backend": backend, "decoder": decoder,
+                             "workers": w, "pipelines": None, **info, "clips_per_s": None, "status": status}
+                            for w in s["loader_workers"][:1 if once else None]]
+                continue
             pipelines = s["loader_pipelines"] if backend == "dali" else [None]
             for workers in s["loader_workers"]:
                 for p in pipelines:
