@@ -50,6 +50,7 @@ import logging
 import platform
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -58,7 +59,7 @@ import torch
 
 from amd_fast.config import Config, load_config
 from amd_fast.cores import usable_cores
-from amd_fast.errors import run_cli
+from amd_fast.errors import InputError, RunFailed, run_cli
 
 log = logging.getLogger("amd_fast.demo")
 
@@ -217,17 +218,80 @@ def _tune_and_probe(args, shards: Path, common: list, name: str, encoder: Option
             "probe_val_acc": probed["val_acc"], "chance": probed["chance"]}
 
 
-def _run_lane(lane_name, args, shards, common):
+def _run_lane(lane_name, args, shards, common, results) -> None:
+    """A lane process: runs its lane and puts ``(lane, outcome, payload)`` on ``results``; ``outcome`` is how
+    the lane ended (``ok``, ``input``, ``failed``, ``interrupted``, ``bug``), which the parent re-raises."""
     _lane_logging(lane_name)
     torch.set_num_threads(1)
-    return LANES[lane_name](args, shards, common)
+    try:
+        results.put((lane_name, "ok", LANES[lane_name](args, shards, common)))
+    except KeyboardInterrupt:
+        results.put((lane_name, "interrupted", ""))
+    except InputError as e:
+        results.put((lane_name, "input", str(e)))
+    except RunFailed as e:
+        results.put((lane_name, "failed", str(e)))
+    except BaseException:  # a bug: keep its traceback
+        results.put((lane_name, "bug", traceback.format_exc()))
+
+
+def run_lanes(args, shards: Path, common: list) -> dict:
+    """The lanes as spawned processes side by side; any lane's failure stops the others (SIGTERM: each
+    trainer saves a checkpoint, so a rerun resumes) and is re-raised here as the same kind of error."""
+    import multiprocessing as mp
+    import queue
+
+    from amd_fast import demo as this  # by its import name, also when run as __main__ (spawn re-imports it)
+
+    ctx = mp.get_context("spawn")  # a fresh interpreter per lane: no forked torch / DALI state
+    results = ctx.Queue()
+    procs = {name: ctx.Process(target=this._run_lane, name=name,
+                               args=(name, args, shards, common + ["log.progress=false"], results))
+             for name in LANES}
+    for p in procs.values():
+        p.start()
+    done = {}
+    try:
+        while len(done) < len(procs):
+            try:
+                name, outcome, payload = results.get(timeout=1.0)
+            except queue.Empty:
+                dead = [n for n, p in procs.items() if n not in done and p.exitcode is not None]
+                if dead:  # died without a word (killed, out of memory): wait a moment for a late message
+                    try:
+                        name, outcome, payload = results.get(timeout=5.0)
+                    except queue.Empty:
+                        raise RunFailed(f"{dead[0]} died (exit code {procs[dead[0]].exitcode}); rerun the same "
+                                        "command to continue from its last checkpoint") from None
+                else:
+                    continue
+            if outcome == "ok":
+                done[name] = payload
+            elif outcome == "interrupted":
+                raise KeyboardInterrupt
+            elif outcome == "input":
+                raise InputError(payload)
+            elif outcome == "failed":
+                raise RunFailed(f"{name}: {payload}")
+            else:
+                raise RuntimeError(f"{name} crashed:\n{payload}")
+    finally:
+        for p in procs.values():
+            if p.is_alive():
+                p.terminate()  # SIGTERM: its trainer saves a checkpoint and stops within a step or two
+        for p in procs.values():
+            p.join()
+    return done
 
 
 LANES = {"lane 1": _lane_distilled, "lane 2": _lane_plain}
 
 
 def demo(args) -> int:
+    from amd_fast.trainer.run_folder import check_is_folder
+
     out = Path(args.out)
+    check_is_folder(out, "--out")  # before minutes of work, not when the first run writes there
     phases = PhaseLog()
     t = time.perf_counter()
     log.info("1/3 synthetic shards in %s", args.shards)
@@ -241,18 +305,8 @@ def demo(args) -> int:
     log.info("2/3 two lanes side by side: [lane 1] teacher (%d steps) -> AMD student (%d) -> fine-tune (%d) -> "
              "probe; [lane 2] VideoMAE student (%d) -> fine-tune -> probe, random init -> fine-tune -> probe",
              args.teacher_steps, args.student_steps, args.finetune_steps, args.student_steps)
-    lanes_out = {}
     if args.lanes > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        from amd_fast import demo as this  # by its import name, also when run as __main__ (spawn re-imports it)
-
-        # spawn: a fresh interpreter per lane (no forked torch / DALI state)
-        with ProcessPoolExecutor(max_workers=len(LANES), mp_context=mp.get_context("spawn")) as pool:
-            futures = {name: pool.submit(this._run_lane, name, args, shards, common + ["log.progress=false"])
-                       for name in LANES}
-            lanes_out = {name: f.result() for name, f in futures.items()}
+        lanes_out = run_lanes(args, shards, common)
     else:
         torch.set_num_threads(1)  # as in the lanes: the same table whichever way it runs
         lanes_out = {name: lane(args, shards, common) for name, lane in LANES.items()}

@@ -32,3 +32,18 @@ def test_demo_sizes_below_one_are_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--lanes", "0"])
     assert e.value.code == 2 and "--lanes must be >= 1" in capsys.readouterr().err
+
+
+def test_a_failing_lane_stops_the_demo_with_its_own_exit_code(tmp_path, capsys):
+    # an override no pretraining config knows: both lanes fail at their first run; one line, exit 2
+    rc = main(["--out", str(tmp_path / "demo"), "--shards", str(tmp_path / "shards"), "--videos", "32",
+               "--teacher-steps", "2", "--student-steps", "2", "--finetune-steps", "2", "model.no_such_key=1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no_such_key" in err and "Traceback" not in err
+
+
+def test_demo_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    f = tmp_path / "notes.txt"
+    f.write_text("x")
+    rc = main(["--out", str(f), "--shards", str(tmp_path / "shards")])
+    assert rc == 2 and "is a file" in capsys.readouterr().err and not (tmp_path / "shards").exists()

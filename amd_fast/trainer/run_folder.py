@@ -160,6 +160,10 @@ def claim(log_dir: Path, ckpt_dir: Path, task: str, resume: str, overwrite: bool
     if owner["task"] != task:
         return _refuse(log_dir, ckpt_dir, f"holds a {owner['task']} run ({owner['run_id'][:8]})", overwrite, task)
     if resume == "auto" or (resume != "none" and _inside(Path(resume), ckpt_dir)):
+        if overwrite:  # said, so that the flag is never silently ignored
+            log.warning("checkpoint.overwrite=true: %s holds this %s run, which checkpoint.resume=%s continues "
+                        "(nothing replaced); add checkpoint.resume=none to start anew and move it aside",
+                        log_dir, task, resume)
         return RunIdentity(task, owner["run_id"], continued=True)
     if not _holds_work(log_dir, ckpt_dir):  # it stopped before writing a step: nothing to keep
         log.info("%s holds a %s run that wrote no step yet: starting it from scratch", log_dir, task)
