@@ -79,6 +79,20 @@ class OptimConfig:
             raise ConfigError(f"optim.clip_grad={self.clip_grad} must be > 0, or null to turn clipping off")
         if self.warmup_epochs < 0:
             raise ConfigError(f"optim.warmup_epochs={self.warmup_epochs} must be >= 0")
+        if self.min_lr > self.lr:
+            raise ConfigError(f"optim.min_lr={self.min_lr} is above optim.lr={self.lr}: the cosine would raise the "
+                              "lr; set min_lr <= lr (the floor the cosine decays to)")
+        if self.weight_decay < 0 or (self.weight_decay_end is not None and self.weight_decay_end < 0):
+            raise ConfigError(f"optim.weight_decay={self.weight_decay} / weight_decay_end={self.weight_decay_end} "
+                              "must be >= 0 (0 = no decay; null end = constant)")
+        if self.eps <= 0:
+            raise ConfigError(f"optim.eps={self.eps} must be > 0 (AdamW's denominator term, e.g. 1e-8)")
+        if self.warmup_steps < -1:
+            raise ConfigError(f"optim.warmup_steps={self.warmup_steps} must be >= 0, or -1 to use "
+                              "optim.warmup_epochs")
+        if self.warmup_steps == 0 and self.warmup_epochs > 0:
+            raise ConfigError(f"optim.warmup_steps=0 does not turn warmup off: as in the reference, it falls back to "
+                              f"optim.warmup_epochs={self.warmup_epochs:g}; for no warmup set optim.warmup_epochs=0")
 
 
 @dataclass
@@ -156,6 +170,11 @@ class CheckpointConfig:
             raise ConfigError(f"checkpoint.every_n_steps={self.every_n_steps} must be >= 1")
         if self.keep_last < 1:
             raise ConfigError(f"checkpoint.keep_last={self.keep_last} must be >= 1 (older ones are deleted)")
+        if self.dir is not None and not self.dir.strip():
+            raise ConfigError("checkpoint.dir is empty (it would write into the current folder): give a folder, "
+                              "or null for <log.dir>/checkpoints")
+        if not self.resume.strip():
+            raise ConfigError("checkpoint.resume is empty: use auto, none or the path of a checkpoint file")
 
 
 @dataclass
@@ -166,6 +185,11 @@ class LogConfig:
     dir: str = "runs/amd"
     tensorboard: bool = True
     progress: bool = True
+
+    def __post_init__(self):
+        if not str(self.dir).strip():
+            raise ConfigError("log.dir is empty (the run would write into the current folder): give the run's "
+                              "folder, e.g. log.dir=runs/my-run")
 
 
 class ConfigBase:
@@ -419,6 +443,10 @@ def build_config(raw: Optional[Mapping[str, Any]] = None, overrides: Sequence[st
         merged[section][key] = value
     _derive(merged, schema)
     sections = {name: _build_section(name, cls, merged[name]) for name, cls in SECTIONS.items()}
+    shards = getattr(sections.get("data"), "shards", None)
+    if isinstance(shards, (str, Path)) and not str(shards).strip() or isinstance(shards, (list, tuple)) and not shards:
+        raise ConfigError("data.shards is empty (it would read the current folder): give the shards folder, "
+                          "e.g. data.shards=shards/k400")
     try:
         return schema.cls(**sections)
     except ConfigError:
@@ -427,20 +455,48 @@ def build_config(raw: Optional[Mapping[str, Any]] = None, overrides: Sequence[st
         raise ConfigError(str(e)) from e
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key written twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` keys may be overridden below it
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # the base class reports an unhashable key
+            if key in seen:
+                raise ConfigError(f"key {key!r} is written twice (lines {seen[key] + 1} and "
+                                  f"{key_node.start_mark.line + 1}); keep one, as YAML would silently use the last")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = (),
                 schema: Optional[ConfigSchema] = None):
     """Read a YAML config (or start from the defaults when ``path`` is None) and apply overrides."""
     raw: Dict[str, Any] = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"--config {p} is a folder, not a YAML file: name one of its files, e.g. "
+                              "configs/tiny-cpu.yaml")
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist; see configs/ for examples")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            raw = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)
+        except ConfigError as e:  # a duplicate key
+            raise ConfigError(f"{p}: {e}") from None
         except UnicodeDecodeError as e:
             raise ConfigError(f"{p}: not a YAML text file ({e.reason} at byte {e.start})") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML ({e})") from None
+        if raw is None:
+            raise ConfigError(f"{p} is empty (no sections): it would run with every default; fill it in (see "
+                              "configs/), or leave --config out to use the defaults on purpose")
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{p}: the top level must be a mapping of sections "
                               f"({', '.join((schema or PRETRAIN).sections)})")

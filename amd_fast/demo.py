@@ -76,7 +76,7 @@ PROBE_POOL = "tokens"
 class Phase:
     name: str
     seconds: float
-    clips_per_s: Optional[float] = None  # training / feature clips per second, where the phase has one
+    clips_per_s: Optional[float] = None  # clips trained (or featurised, for a probe) per second of the phase
     note: str = ""
 
 
@@ -212,8 +212,9 @@ def _tune_and_probe(args, shards: Path, common: list, name: str, encoder: Option
                         f"{fit.step} steps, test {fit.eval.videos} videos x {fit.eval.views} views"))
     t = time.perf_counter()
     probed = probe(load_config(args.config, [*common, "model.teacher=null"]), encoder)
-    phases.append(Phase(f"linear probe: {name}", time.perf_counter() - t, probed.get("clips_per_s"),
-                        f"{PROBE_POOL} features of train + val"))
+    seconds, clips = time.perf_counter() - t, probed["num_train"] + probed["num_val"]  # one centre clip per video
+    phases.append(Phase(f"linear probe: {name}", seconds, clips / seconds,
+                        f"{PROBE_POOL} features of {clips} clips (train + val), then the fit"))
     return {"top1": fit.eval.top1, "views": fit.eval.views, "videos": fit.eval.videos,
             "probe_val_acc": probed["val_acc"], "chance": probed["chance"]}
 

@@ -121,6 +121,9 @@ def main(argv: Optional[list] = None) -> int:
         from amd_fast.finetune.evaluate import open_splits
         from amd_fast.models import build_student, load_pretrained
 
+        if args.weights is not None and not args.weights.strip():
+            raise ConfigError("--weights is empty (the probe would score a random encoder): give the weights file, "
+                              "or leave --weights out to probe a random one on purpose")
         try:
             cfg = load_config(args.config, args.overrides)
         except ConfigError:
@@ -131,6 +134,9 @@ def main(argv: Optional[list] = None) -> int:
             if found.manifest is not None and not found.manifest.get("classes"):
                 raise ConfigError(f"the {split!r} shards carry no class labels (their manifest lists no classes): "
                                   "a linear probe needs labelled shards; build them from a labelled source")
+        if args.train_split == args.val_split:
+            log.warning("--train-split and --val-split are both %r: the val acc is on the videos the probe was "
+                        "fitted on", args.val_split)
         torch.manual_seed(cfg.train.seed)
         student = build_student(cfg.model)
         if args.weights:  # encoder.pth, a VideoMAE/AMD checkpoint or one of our step-*.pt: the encoder is what counts

@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from amd_fast.errors import InputError, RunFailed, run_cli  # noqa: E402
+from amd_fast.errors import EXIT_INTERRUPTED, InputError, RunFailed, run_cli  # noqa: E402
 from bench import report, timing  # noqa: E402
 
 log = logging.getLogger("bench")
@@ -168,6 +168,8 @@ def validate(args: argparse.Namespace) -> None:
                                  ("train-models", args.train_models, train.MODELS),
                                  ("train-paths", args.train_paths, train.PATHS)):
         unknown = [x for x in given or [] if x not in known]
+        if given is not None and not given:  # "" or "," would silently fall back to the default list
+            raise InputError(f"--{option} names nothing; choose from {','.join(known)} (or drop --{option})")
         if unknown:
             raise InputError(f"--{option}: unknown {unknown}; choose from {','.join(known)}")
     if args.shards is not None and {"loaders", "train"} & set(args.parts):
@@ -177,6 +179,18 @@ def validate(args: argparse.Namespace) -> None:
         if not m.is_file():
             raise InputError(f"--shards {args.shards}: no {m.name} there; build shards with `python -m amd_fast.shard "
                              f"... --out {args.shards}` or pass the folder that holds the manifest")
+        if m.suffix != ".json":
+            raise InputError(f"--shards {args.shards}: not a shard folder or a manifest .json; pass the folder that "
+                             f"holds {args.split}.manifest.json (e.g. --shards {m.parent})")
+        from amd_fast.shard.manifest import read_manifest
+
+        try:  # a .tar or another file passed as --shards: refused here, not as a traceback inside the part
+            manifest = read_manifest(m)
+        except ValueError as e:
+            raise InputError(str(e).splitlines()[0]) from None
+        if manifest["num_samples"] < 1:
+            raise InputError(f"--shards {args.shards}: {m.name} lists no samples; rebuild the shards "
+                             "(python -m amd_fast.shard ...) or pass another shard folder")
 
 
 def check_out(out: Path) -> None:
@@ -233,7 +247,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return run_cli(lambda: bench(args), "bench/throughput.py", "parts already finished were not written")
+    return run_cli(lambda: _bench_interruptible(args), "bench/throughput.py", "no part had finished; nothing was written")
+
+
+def _bench_interruptible(args: argparse.Namespace) -> int:
+    """``bench``; a Ctrl-C / SIGTERM after some parts finished ends with exit 130 naming their -partial record."""
+    try:
+        return bench(args)
+    except KeyboardInterrupt as e:
+        if not e.args:
+            raise
+        print(f"\nbench/throughput.py: interrupted; {e.args[0]}; rerun the same command for all parts", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def bench(args: argparse.Namespace) -> int:
@@ -271,6 +296,12 @@ def bench(args: argparse.Namespace) -> int:
         try:
             entries, settings, notes = mod.run(args, device, shards=shards)
         except KeyboardInterrupt:
+            if record["entries"]:  # hours of finished parts are kept, as a -partial record, never a complete one
+                record["notes"].append(f"Interrupted during part {part}; it and the parts after it are missing.")
+                print(summary(record, time.perf_counter() - t0), flush=True)
+                paths = write_record(record, args.out, suffix="-partial")
+                print("\n".join(f"wrote {p}" for p in paths.values()), flush=True)
+                raise KeyboardInterrupt(f"the finished parts' numbers are in {paths['json']}") from None
             raise
         except InputError as err:  # input only this part rejects: keep the other parts' numbers, exit 2
             log.error("part %s: %s", part, err)

@@ -21,7 +21,7 @@ def test_demo_times_every_phase_and_writes_the_summary(tmp_path, capsys):
         assert sum(want in n for n in names) == 1, want
     for p in summary["phases"]:
         assert p["seconds"] > 0 and p["name"] in printed
-        if "student" in p["name"] or "teacher" in p["name"] or "fine-tune" in p["name"]:
+        if p["name"] != "shard build":
             assert p["clips_per_s"] > 0, p
     assert summary["lanes"] == 2 and summary["machine"]["cores"] >= 1
     assert set(summary["results"]) == {"AMD (distilled)", "VideoMAE", "random init"}

@@ -319,13 +319,12 @@ def _uneven_shards(tmp_path):
 
 @pytest.mark.slow
 def test_distributed_eval_counts_every_video_once(tmp_path):
-    from amd_fast.models import export_encoder
-
     shards = _uneven_shards(tmp_path)
     enc = tmp_path / "encoder.pth"
     torch.manual_seed(0)
-    export_encoder(VideoClassifier(ClassifierConfig(arch="vit_tiny_cpu", num_classes=4, input_size=32, patch_size=8,
-                                                    num_frames=8)), enc)
+    clf = VideoClassifier(ClassifierConfig(arch="vit_tiny_cpu", num_classes=4, input_size=32, patch_size=8,
+                                           num_frames=8))
+    torch.save({"model": clf.state_dict()}, enc)  # head included: --eval refuses an encoder without one
     out = tmp_path / "eval"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "amd_fast.finetune", "--config", str(TINY), "--eval", f"model.pretrained={enc}",

@@ -137,6 +137,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return run_cli(lambda: _run(a), "python -m amd_fast.data.loader_speed")
 
 
+def _check_device(device: str) -> None:
+    """--device must name a device torch has here: refused with one line, not a CUDA traceback mid-measure."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise InputError(f"--device {device!r} is not a torch device; use auto, cpu or cuda[:N]") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}, but torch sees no CUDA device; run with --device cpu (or auto)")
+    if kind not in ("cuda", "cpu"):
+        raise InputError(f"--device {device}: the loaders deliver to cpu or cuda only; use auto, cpu or cuda[:N]")
+
+
 def _run(a: argparse.Namespace) -> int:
     if a.batches < 1 or a.warmup < 0:
         raise InputError(f"--batches must be >= 1 and --warmup >= 0 (got {a.batches}, {a.warmup})")
@@ -156,6 +170,7 @@ def _run(a: argparse.Namespace) -> int:
                          dali_threads=a.dali_threads, dtype=a.dtype)
     except ValueError as e:  # DataConfig's own check names the field
         raise InputError(str(e)) from None
+    _check_device(cfg.resolved_device())
     results = compare(cfg, a.backend, batches=a.batches, warmup=a.warmup)
     print(f"{'backend':>8} {'clips/s':>9} {'CPU ms/clip':>12} {'wait ms/batch':>14} {'warmup s':>9}")
     for name, r in results.items():

@@ -183,11 +183,16 @@ def open_shards(shards: Union[str, Path, Sequence[Union[str, Path]]], split: str
     idx_paths: List[Optional[Path]] = [None] * len(tar_paths)
     if manifest_path is not None:
         manifest = read_manifest(manifest_path)
+        if manifest["split"] != split:  # an explicit manifest wins, but never silently (train on val, eval on train)
+            log.warning("data.shards %s is the manifest of split %r, read here as split %r; point data.shards at "
+                        "the shard folder to read each split's own manifest", manifest_path, manifest["split"], split)
         root = manifest_path.parent
         tar_paths = [root / s["tar"] for s in manifest["shards"]]
         idx_paths = [root / s["index"] if s.get("index") else None for s in manifest["shards"]]
     if not tar_paths:
-        raise ShardError(f"no shards listed for split {split!r} in {shards}")
+        raise ShardError(f"no shards listed for split {split!r} in {shards} (0 samples); rebuild it with "
+                         "`python -m amd_fast.shard` (its <split>.failures.jsonl says why videos failed) or point "
+                         "data.shards at another build")
 
     tars, indexes, samples, incomplete = [], [], [], []
     for i, tar in enumerate(tar_paths):

@@ -149,9 +149,17 @@ def evaluate_only(cfg: FinetuneConfig, info: DistInfo) -> Optional[evaluate.Eval
     if owner not in (None, FinetuneTrainer.TASK):
         raise run_folder.RunFolderError(f"--eval: log.dir={cfg.log.dir} holds a {owner} run, not a fine-tuning "
                                         "one; point log.dir at the fine-tuning run (or a new folder)")
-    model = build_classifier(cfg.model)
+    model = build_classifier(dataclasses.replace(cfg.model, pretrained=None))
     found = CheckpointManager(cfg.checkpoint_dir, cfg.checkpoint.keep_last, info.is_main,
                               FinetuneTrainer.MODEL_KEY).resolve(cfg.checkpoint.resume)
+    if found is None and cfg.model.pretrained:
+        from amd_fast.models.pretrained import load_pretrained
+
+        if "head.weight" not in load_pretrained(model, cfg.model.pretrained).loaded:
+            raise InputError(f"--eval: model.pretrained={cfg.model.pretrained} has no classifier head with "
+                             f"model.num_classes={cfg.model.num_classes} outputs (a pretraining encoder, or a head "
+                             "for another class count), so the test would score a random head: fine-tune it first "
+                             "(drop --eval), or give a fine-tuned checkpoint whose head matches")
     if found is not None:
         path, state = found
         weights = state[FinetuneTrainer.MODEL_KEY]

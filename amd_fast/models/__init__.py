@@ -36,6 +36,9 @@ def build_teacher(cfg: ModelConfig, ops_impl: str | None = "auto") -> AMDTeacher
     meaningless for real distillation, so it is logged as a warning. ``ops_impl`` as in build_student.
     """
     if cfg.teacher is None:
+        if cfg.teacher_checkpoint:
+            log.warning("model.teacher_checkpoint=%s is not used: model.teacher=null trains plain VideoMAE without a "
+                        "teacher (name the teacher arch in model.teacher to distil from it)", cfg.teacher_checkpoint)
         return None
     teacher = AMDTeacher(cfg, ops.configured_impl(ops_impl))
     if cfg.teacher_checkpoint:

@@ -21,6 +21,7 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 
 from amd_fast.models.archs import get_arch
+from amd_fast.models.config import check_token_grid
 from amd_fast.models.vit import LayerNorm, ViTEncoder
 
 
@@ -52,9 +53,10 @@ class ClassifierConfig:
         get_arch(self.arch)
         if self.num_classes < 2:
             raise ValueError(f"model.num_classes={self.num_classes} must be >= 2")
-        if self.input_size % self.patch_size or self.num_frames % self.tubelet_size:
-            raise ValueError(f"clip {self.num_frames}x{self.input_size} is not divisible by tubelet "
-                             f"{self.tubelet_size} / patch {self.patch_size}")
+        if self.pretrained is not None and not self.pretrained.strip():
+            raise ValueError("model.pretrained is empty (fine-tuning would start from random weights): give the "
+                             "weights file, or null to train from scratch")
+        check_token_grid(self)
         if self.pool not in ("mean", "tokens"):
             raise ValueError(f"model.pool={self.pool!r}; choose 'mean' (the reference) or 'tokens'")
         if not 0 <= self.drop_path < 1 or not 0 <= self.head_drop_rate < 1:

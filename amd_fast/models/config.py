@@ -15,6 +15,17 @@ from amd_fast.models.archs import get_arch
 ALIGN_KINDS = ("l2", "l1", "smooth_l1")
 
 
+def check_token_grid(cfg) -> None:
+    """The clip cuts into whole tubelets and patches (every model config: student, teacher, classifier)."""
+    if cfg.patch_size < 1 or cfg.tubelet_size < 1:
+        raise ValueError(f"model.patch_size={cfg.patch_size} and model.tubelet_size={cfg.tubelet_size} must be "
+                         ">= 1 (e.g. 16 and 2)")
+    if cfg.input_size % cfg.patch_size:
+        raise ValueError(f"model.input_size={cfg.input_size} is not a multiple of model.patch_size={cfg.patch_size}")
+    if cfg.num_frames % cfg.tubelet_size:
+        raise ValueError(f"model.num_frames={cfg.num_frames} is not a multiple of model.tubelet_size={cfg.tubelet_size}")
+
+
 @dataclass
 class ModelConfig:
     student: str = "vit_base"
@@ -39,12 +50,12 @@ class ModelConfig:
 
     def __post_init__(self):
         stu = get_arch(self.student)
-        if self.input_size % self.patch_size:
-            raise ValueError(f"model.input_size={self.input_size} is not a multiple of model.patch_size={self.patch_size}")
-        if self.num_frames % self.tubelet_size:
-            raise ValueError(
-                f"model.num_frames={self.num_frames} is not a multiple of model.tubelet_size={self.tubelet_size}"
-            )
+        if self.teacher_checkpoint is not None and not self.teacher_checkpoint.strip():
+            raise ValueError("model.teacher_checkpoint is empty (the teacher would stay random): give the weights "
+                             "file, or null for a randomly initialised teacher")
+        check_token_grid(self)
+        if not 0 <= self.drop_path < 1:
+            raise ValueError(f"model.drop_path={self.drop_path} must be in [0, 1)")
         if self.decoder_dim and self.decoder_heads and self.decoder_dim % self.decoder_heads:
             raise ValueError(f"model.decoder_dim={self.decoder_dim} is not divisible by model.decoder_heads="
                              f"{self.decoder_heads}")

@@ -18,12 +18,14 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Optional
 
-from amd_fast.errors import RunFailed, run_cli
+from amd_fast.errors import InputError, RunFailed, run_cli
 
 from .build import build_shards_report
 from .options import CODECS, DEFAULT_CLIP_SPAN, PRESETS, SOURCES, ShardOptions
 from .synthetic import CONTENTS
+from .verify import verify_shards
 
 log = logging.getLogger("amd_fast.shard")
 
@@ -38,7 +40,8 @@ def _size(text: str) -> int:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m amd_fast.shard", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--src", choices=SOURCES, default="synthetic", help="dataset layout (default: synthetic)")
+    p.add_argument("--src", choices=SOURCES, help="dataset layout (default: synthetic; with --verify and no "
+                   "--src, nothing is built: only the shards in --out are checked)")
     p.add_argument("--root", type=Path, help="dataset folder (all sources but synthetic; for csv optional: where "
                    "relative paths start, default the CSV's folder)")
     p.add_argument("--list", dest="list_file", type=Path,
@@ -71,7 +74,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="shuffle + synthetic content seed (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="delete this tool's files for the splits and rebuild")
     p.add_argument("--max-failures", type=int, help="videos a split may skip before the run fails (default 5%%)")
-    p.add_argument("--verify", action="store_true", help="after building (or resuming), re-read and check every shard")
+    p.add_argument("--verify", action="store_true",
+                   help="re-read and check every shard: after building (or resuming) with --src, or, without --src, "
+                        "only the shards already in --out (reads only, builds nothing)")
     p.add_argument("--synthetic-count", type=int, default=320, help="total clips; a quarter go to val (default: 320)")
     p.add_argument("--synthetic-frames", type=int, default=32, help="frames per clip (default: 32)")
     p.add_argument("--synthetic-size", type=int, default=80,
@@ -89,8 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def options_from_args(a: argparse.Namespace) -> ShardOptions:
     return ShardOptions(
-        src=a.src, root=a.root, list_file=a.list_file, classes_file=a.classes_file, out=a.out,
-        splits=tuple(s.strip() for s in a.splits.split(",") if s.strip()) if a.splits else None,
+        src=a.src or "synthetic", root=a.root, list_file=a.list_file, classes_file=a.classes_file, out=a.out,
+        splits=tuple(s.strip() for s in a.splits.split(",") if s.strip()) if a.splits is not None else None,
         samples_per_shard=a.samples_per_shard, shard_bytes=a.shard_bytes, workers=a.workers, codec=a.codec,
         short_side=a.short_side, gop=a.gop, limit=a.limit, seed=a.seed, fold=a.fold, overwrite=a.overwrite,
         max_failures=a.max_failures, verify=a.verify, progress=not a.no_progress, preset=a.preset,
@@ -120,11 +125,28 @@ def _summary(report) -> str:
     return "\n".join(lines)
 
 
+def verify_only(out: Optional[Path]) -> int:
+    """``--verify`` without ``--src``: check the shard folder as it is (what our error messages suggest); a
+    folder without manifests is bad input, never a place to build synthetic shards in."""
+    if out is None:
+        raise InputError("--verify without --src needs --out: the shard folder to check")
+    if not out.is_dir() or not any(out.glob("*.manifest.json")):
+        raise InputError(f"--verify --out {out}: no <split>.manifest.json there, so nothing to check; point --out at "
+                         "a shard folder, or add --src ... to build (and then check) shards there")
+    rep = verify_shards(out, progress=True)
+    print(f"verify: {rep.manifests} manifests, {rep.shards} shards, {rep.samples} samples, {len(rep.problems)} problems")
+    for problem in rep.problems[:20]:
+        print(f"  {problem}")
+    return 0 if rep.ok else 1
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     def shard() -> int:
+        if a.verify and a.src is None:
+            return verify_only(a.out)
         opts = options_from_args(a).resolved()
         try:
             report = build_shards_report(opts)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -128,8 +129,12 @@ def _shard_paths(out: Path, split: str, i: int):
 
 def _remove_split(out: Path, split: str) -> None:
     """--overwrite: delete only files this tool writes for ``split``."""
-    for p in list(out.glob(f"{split}-[0-9]*.tar*")) + list(out.glob(f"{split}-[0-9]*.idx*")):
-        p.unlink()
+    # Exactly the names the writer makes (<split>-NNNNNN.tar|.idx and their .tmp), never a user's look-alike
+    # such as train-000000.tar.bak or train-2019.tar.
+    ours = re.compile(rf"{re.escape(split)}-\d{{6,}}\.(tar|idx)(\.tmp)?")
+    for p in sorted(out.glob(f"{split}-[0-9]*")):
+        if ours.fullmatch(p.name) and p.is_file():
+            p.unlink()
     for name in (f"{split}.manifest.json", f"{split}.failures.jsonl", f"{split}.plan.json", f"{split}.progress.jsonl"):
         (out / name).unlink(missing_ok=True)
 

@@ -161,7 +161,7 @@ class ShardOptions:
                    "to keep the source bytes" if by_preset else "add --codec vp9 (or h264/mjpeg)")
             raise ShardOptionsError(f"{what}: that needs re-encoding, but --codec copy keeps the "
                                     f"source bytes; {fix}")
-        o.splits = _split_names(o.splits) if o.splits else DEFAULT_SPLITS[o.src]
+        o.splits = _split_names(o.splits) if o.splits is not None else DEFAULT_SPLITS[o.src]
         o.out = Path(o.out).expanduser() if o.out is not None else Path("shards") / o.src
         _check_out(o.out)
         for name, flag in (("root", "--root"), ("list_file", "--list"), ("classes_file", "--classes")):
@@ -258,6 +258,9 @@ class ShardOptions:
 
 def _split_names(splits: Sequence[str]) -> tuple:
     """--splits as written -> lowercase names, each once (split names match case-insensitively)."""
+    if not splits:
+        raise ShardOptionsError("--splits names no split; give at least one (e.g. --splits train,val), or drop "
+                                "--splits for the source's default")
     names = []
     for raw in splits:
         name = str(raw).strip().lower()

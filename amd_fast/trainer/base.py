@@ -355,6 +355,7 @@ class TrainerBase:
             run_folder.take(self.identity, self.log_dir, self.ckpt_dir)
         if info.distributed:  # every rank resumes only after rank 0 has moved a replaced run aside
             torch.distributed.barrier(group=info.control_group)
+            self.identity.run_id = run_folder.recorded_run_id(self.log_dir, self.identity.run_id)  # rank 0's id
         resumed = self.restore()
         if info.is_main:
             (self.log_dir / "config.yaml").write_text(cfg.to_yaml())
@@ -365,6 +366,9 @@ class TrainerBase:
                  info.world_size, self.device, self.total_steps, self.steps_per_epoch, self.global_videos,
                  self.global_clips, cfg.data.num_sample, self.schedules.peak_lr, scaling,
                  "bf16" if self.amp else "off", self.ops_impl or "auto", self.log_dir, self.ckpt_dir)
+        if self.global_step >= self.total_steps:
+            log.info("this run is already at step %d of %d: nothing left to train (raise train.max_steps or "
+                     "train.epochs to go on)", self.global_step, self.total_steps)
         flops = self.flops_per_clip()
         peak = peak_flops(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None
         telemetry = Telemetry(info, self.log_dir, log_every=cfg.train.log_every, total_steps=self.total_steps,

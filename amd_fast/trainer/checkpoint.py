@@ -59,6 +59,11 @@ def load_checkpoint(path: Path, map_location="cpu", model_key: str = "student") 
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an amd_fast training checkpoint (format {FORMAT!r} expected)")
     missing = [k for k in REQUIRED_KEYS + (model_key,) if k not in state]
+    other = {"student": ("model", "a fine-tuning"), "model": ("student", "a pretraining")}.get(model_key)
+    if missing == [model_key] and other and other[0] in state:
+        raise CheckpointError(f"checkpoint {path} is {other[1]} run's checkpoint, not one of this task's: resume "
+                              "from a checkpoint of the same task" + (", or pass it as model.pretrained to start "
+                              "fine-tuning from it" if model_key == "model" else ""))
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing}")
     return state
@@ -127,6 +132,9 @@ class CheckpointManager:
         if resume == "auto":
             return find_resume(self.folder, self.model_key)
         path = Path(resume)
+        if path.is_dir():
+            raise CheckpointError(f"checkpoint.resume={resume!r} is a folder: give a checkpoint file in it "
+                                  "(step-*.pt), or checkpoint.resume=auto with checkpoint.dir at that folder")
         if not path.is_file():
             raise CheckpointError(f"checkpoint.resume={resume!r}: no such file; use 'auto', 'none' or a path")
         return path, load_checkpoint(path, model_key=self.model_key)

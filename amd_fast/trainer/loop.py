@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Dict, Optional
 
 import torch
@@ -78,6 +79,15 @@ class Trainer(TrainerBase):
 
 def run(cfg: Config) -> FitResult:
     """Train with ``cfg`` in this process (joining the torchrun group when launched by torchrun)."""
+    export = cfg.checkpoint_dir / "encoder.pth"
+    tc = cfg.model.teacher_checkpoint
+    if (cfg.model.teacher is not None and tc and cfg.checkpoint.export_encoder
+            and Path(tc).expanduser().resolve() == export.expanduser().resolve()):
+        from amd_fast.config import ConfigError
+
+        raise ConfigError(f"model.teacher_checkpoint={tc} is the file this run exports its student to at the end "
+                          "(it would be overwritten): copy the teacher elsewhere, use another log.dir, or set "
+                          "checkpoint.export_encoder=false")
     info = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
     setup_logging(info.rank)
     try:

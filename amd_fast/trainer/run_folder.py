@@ -136,6 +136,16 @@ def owner_task(log_dir: Path, ckpt_dir: Path) -> Optional[str]:
     return _legacy_task(log_dir)
 
 
+def recorded_run_id(log_dir: Path, own_id: str) -> str:
+    """The run id ``run.json`` holds (after :func:`take`): how ranks other than 0 learn a new run's id."""
+    marker = _read_marker(Path(log_dir))
+    if marker is None:
+        log.warning("%s is not visible on this rank: put log.dir on storage every node sees, or resume will not "
+                    "find the checkpoints here", Path(log_dir) / MARKER)
+        return own_id
+    return marker["run_id"]
+
+
 def claim(log_dir: Path, ckpt_dir: Path, task: str, resume: str, overwrite: bool) -> RunIdentity:
     """Decide, reading only, whether this run may use the folders (see the module doc). Every rank calls
     it; :func:`take` (rank 0) then writes. Raises :class:`RunFolderError` for a folder of another run."""
