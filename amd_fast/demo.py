@@ -282,7 +282,7 @@ def run_lanes(args, shards: Path, common: list) -> dict:
                 p.terminate()  # SIGTERM: its trainer saves a checkpoint and stops within a step or two
         for p in procs.values():
             p.join()
-    return done
+    return {name: done[name] for name in LANES}  # lane order, whichever finished first
 
 
 LANES = {"lane 1": _lane_distilled, "lane 2": _lane_plain}
