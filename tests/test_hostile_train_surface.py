@@ -49,21 +49,21 @@ def _ft_fake_checkpoint(path: Path, model_key: str) -> Path:
     (train_main, TINY, "model.teacher_checkpoint=", ("model.teacher_checkpoint is empty",)),
 ])
 def test_odd_overrides_are_bad_input(capsys, main, config, override, needles):
-    _bad_input(capsys, main, ["--config", str(config), override, "--print-config"], *needles)
+    assert _bad_input(capsys, main, ["--config", str(config), override, "--print-config"], *needles)
 
 
 def test_config_that_is_a_folder(capsys):
-    _bad_input(capsys, train_main, ["--config", str(REPO / "configs"), "--print-config"], "is a folder",
+    assert _bad_input(capsys, train_main, ["--config", str(REPO / "configs"), "--print-config"], "is a folder",
                "tiny-cpu.yaml")
 
 
 def test_duplicate_yaml_keys_are_refused(tmp_path, capsys):
     f = tmp_path / "dup.yaml"
     f.write_text("data:\n  batch_size: 4\n  batch_size: 8\n")
-    _bad_input(capsys, train_main, ["--config", str(f), "--print-config"], str(f), "'batch_size' is written twice",
+    assert _bad_input(capsys, train_main, ["--config", str(f), "--print-config"], str(f), "'batch_size' is written twice",
                "lines 2 and 3")
     f.write_text("data:\n  batch_size: 4\ndata:\n  num_frames: 8\n")
-    _bad_input(capsys, finetune_main, ["--config", str(f), "--print-config"], "'data' is written twice")
+    assert _bad_input(capsys, finetune_main, ["--config", str(f), "--print-config"], "'data' is written twice")
 
 
 def test_yaml_merge_keys_still_work(tmp_path, capsys):
@@ -78,7 +78,7 @@ def test_yaml_merge_keys_still_work(tmp_path, capsys):
 def test_empty_config_file_is_refused(tmp_path, capsys):
     f = tmp_path / "empty.yaml"
     f.write_text("# nothing yet\n")
-    _bad_input(capsys, train_main, ["--config", str(f), "--print-config"], "is empty", "leave --config out")
+    assert _bad_input(capsys, train_main, ["--config", str(f), "--print-config"], "is empty", "leave --config out")
 
 
 def test_resume_from_a_folder_names_it(tmp_path):
@@ -98,7 +98,7 @@ def test_resume_from_the_other_tasks_checkpoint_names_it(tmp_path):
 
 def test_eval_with_a_pretraining_checkpoint_as_resume(synthetic_shards, tmp_path, capsys):
     pre = _ft_fake_checkpoint(tmp_path / "pre.pt", "student")
-    _bad_input(capsys, finetune_main, [
+    assert _bad_input(capsys, finetune_main, [
         "--config", str(FT_TINY), "--eval", f"data.shards={synthetic_shards}", "data.input_size=32",
         f"log.dir={tmp_path / 'run'}", "log.progress=false", f"checkpoint.resume={pre}"],
         "pretraining run's checkpoint", "model.pretrained")
@@ -106,7 +106,7 @@ def test_eval_with_a_pretraining_checkpoint_as_resume(synthetic_shards, tmp_path
 
 
 def test_probe_empty_weights_is_refused(capsys):
-    _bad_input(capsys, probe_main, ["--config", str(TINY), "--weights", ""], "--weights is empty")
+    assert _bad_input(capsys, probe_main, ["--config", str(TINY), "--weights", ""], "--weights is empty")
 
 
 @pytest.mark.parametrize("main,config,overrides,needles", [
@@ -119,7 +119,7 @@ def test_probe_empty_weights_is_refused(capsys):
     (train_main, TINY, ["optim.eps=0"], ("optim.eps=0.0 must be > 0",)),
 ])
 def test_optimizer_settings_that_would_do_something_else(capsys, main, config, overrides, needles):
-    _bad_input(capsys, main, ["--config", str(config), *overrides, "--print-config"], *needles)
+    assert _bad_input(capsys, main, ["--config", str(config), *overrides, "--print-config"], *needles)
 
 
 def test_no_warmup_is_warmup_epochs_zero(capsys):
@@ -132,7 +132,7 @@ def test_teacher_checkpoint_that_the_run_would_overwrite_with_its_export(tmp_pat
     teacher = run / "checkpoints" / "encoder.pth"
     teacher.parent.mkdir(parents=True)
     teacher.write_bytes(b"the teacher's weights")
-    _bad_input(capsys, train_main, ["--config", str(TINY), f"log.dir={run}", f"model.teacher_checkpoint={teacher}"],
+    assert _bad_input(capsys, train_main, ["--config", str(TINY), f"log.dir={run}", f"model.teacher_checkpoint={teacher}"],
                "is the file this run exports its student to", "checkpoint.export_encoder=false")
     assert teacher.read_bytes() == b"the teacher's weights"
     assert sorted(p.name for p in run.rglob("*")) == ["checkpoints", "encoder.pth"]  # nothing else written
@@ -155,7 +155,7 @@ def test_eval_of_an_encoder_without_a_head_is_refused(synthetic_shards, tmp_path
     enc = tmp_path / "encoder.pth"  # a pretraining export: encoder weights only, no head
     export_encoder(VideoClassifier(ClassifierConfig(arch="vit_tiny_cpu", num_classes=4, input_size=32, patch_size=8,
                                                     num_frames=8)), enc)
-    _bad_input(capsys, finetune_main, [
+    assert _bad_input(capsys, finetune_main, [
         "--config", str(FT_TINY), "--eval", f"data.shards={synthetic_shards}", "data.input_size=32",
         f"log.dir={tmp_path / 'run'}", "log.progress=false", f"model.pretrained={enc}"],
         "has no classifier head", "drop --eval")
