@@ -111,14 +111,15 @@ def shard_splits(folder: Path) -> List[str]:
     return sorted(names)
 
 
-def open_splits(shards, needed: Sequence[Tuple[str, str]]) -> Dict[str, ShardSet]:
+def open_splits(shards, needed: Sequence[Tuple[str, str]], skip_open: Sequence[str] = ()) -> Dict[str, ShardSet]:
     """Open every split a command will read before it starts: ``needed`` is ``(option, split)`` pairs, e.g.
     ``[("data.split", "train"), ("eval.split", "val")]``; returns ``{split: ShardSet}`` in that order.
 
     A split the shards folder lacks is an ``InputError`` naming the option, the split, the folder and the splits
     it has; so is a split without a complete sample. When ``shards`` is one manifest file or a list of tars there
     is one set of videos whatever the split name, so needing two different splits is an error too (it would
-    evaluate on the training videos)."""
+    evaluate on the training videos). Splits in ``skip_open`` are only checked by name (their caller opens them
+    anyway, e.g. the training loader), so no index is read twice."""
     folder = None if isinstance(shards, (list, tuple)) else Path(shards)
     distinct = list(dict.fromkeys(split for _, split in needed))
     if folder is not None and folder.is_dir():
@@ -138,6 +139,8 @@ def open_splits(shards, needed: Sequence[Tuple[str, str]]) -> Dict[str, ShardSet
             f"shards folder that holds {' and '.join(f'{s}.manifest.json' for s in distinct)}")
     out: Dict[str, ShardSet] = {}
     for split in distinct:
+        if split in skip_open:
+            continue
         found = open_shards(shards, split)
         if found.num_samples == 0:
             raise ShardError(f"split {split!r} of {shards} has no complete sample; rebuild it "

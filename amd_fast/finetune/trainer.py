@@ -38,12 +38,14 @@ from .config import FinetuneConfig, views_warning
 log = logging.getLogger(__name__)
 
 
-def check_splits(cfg: FinetuneConfig, needed: Sequence[Tuple[str, str]], is_main: bool = True) -> None:
+def check_splits(cfg: FinetuneConfig, needed: Sequence[Tuple[str, str]], is_main: bool = True,
+                 skip_open: Sequence[str] = ()) -> None:
     """Open every split the run will read, at start-up: ``needed`` is ``(config key, split)`` pairs, e.g.
     ``[("data.split", "train"), ("eval.split", "val")]`` (``evaluate.open_splits``: a split the shards folder
     lacks stops the run naming the split, the folder and the splits it has), and check their labels against
-    ``model.num_classes`` (``evaluate.check_labels``). Cheap: manifests and index files only."""
-    for i, (split, found) in enumerate(evaluate.open_splits(cfg.data.shards, needed).items()):
+    ``model.num_classes`` (``evaluate.check_labels``). Cheap: manifests and index files only; splits in
+    ``skip_open`` are only checked by name (the training loader opens and checks its own split next)."""
+    for i, (split, found) in enumerate(evaluate.open_splits(cfg.data.shards, needed, skip_open).items()):
         evaluate.check_labels(found, cfg.model.num_classes, split, warn=is_main and i == 0)
 
 
@@ -51,7 +53,7 @@ def startup_checks(cfg: FinetuneConfig, info: DistInfo, eval_only: bool) -> None
     """What can be known wrong before any weights are loaded or any step is run (every rank, same outcome)."""
     ec = cfg.eval
     needed = [("eval.split", ec.split)] if eval_only else [("data.split", cfg.data.split), ("eval.split", ec.split)]
-    check_splits(cfg, needed, info.is_main)
+    check_splits(cfg, needed, info.is_main, skip_open=() if eval_only else (cfg.data.split,))
     if info.is_main:
         warning = views_warning(ec)
         if warning:
@@ -83,7 +85,7 @@ class FinetuneTrainer(TrainerBase):
 
     def build_models(self) -> nn.Module:
         cfg = self.cfg
-        evaluate.check_labels(self.loader.shards, cfg.model.num_classes, cfg.data.split)
+        evaluate.check_labels(self.loader.shards, cfg.model.num_classes, cfg.data.split, warn=self.info.is_main)
         return build_classifier(cfg.model).to(self.device)
 
     def param_groups(self) -> list:
