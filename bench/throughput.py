@@ -9,7 +9,8 @@
 Parts (``--parts``, comma separated; default all four):
 
 * ``loaders`` — clips/s and CPU seconds per clip of the DALI pipeline, the eager loader (PyAV) and the
-  peers a user would pick instead (torchcodec, decord), on realistic shards (320p camera-like video,
+  peers a user would pick instead (torchcodec, decord, spdl, each used as its documentation shows, and each
+  as the decoder inside our eager loader: eager+<decoder>), on realistic shards (320p camera-like video,
   10-12 s, 224 crops, num_sample 4) with the same sampling and augmentation, at several worker counts
   (and DALI pipeline counts on CUDA); plus the decode limit (frames/s of PyAV alone, DALI's decoder alone).
 * ``gop`` — the same realistic videos encoded at several keyframe intervals: clips/s, CPU s/clip,
@@ -54,6 +55,8 @@ from bench import report, timing  # noqa: E402
 log = logging.getLogger("bench")
 
 PARTS = ("loaders", "gop", "kernels", "train")
+# bench.parts.loaders.LOADERS' names (kept here: validating the options must not import torch)
+LOADER_NAMES = ("dali", "eager", "torchcodec", "decord", "spdl", "eager+torchcodec", "eager+decord", "eager+spdl")
 
 
 def _int_list(text: str) -> list[int]:
@@ -87,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default: 5; loaders 3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed warm-up calls/batches/steps (default: 2; train 3)")
     g = p.add_argument_group("loaders (clip options apply to the loaders part; train uses its config's)")
-    g.add_argument("--loaders", type=_str_list, default=None, help="default: dali,eager,torchcodec,decord")
+    g.add_argument("--loaders", type=_str_list, default=None,
+                   help=f"default: {','.join(LOADER_NAMES)} (torchcodec, decord, spdl: each used as its "
+                   "documentation shows; eager+<decoder>: our eager loader with that decoder)")
     g.add_argument("--loader-workers", type=_int_list, default=None,
                    help="worker/thread counts to compare (default: 1,2,4,8,... up to the CPU count)")
     g.add_argument("--loader-pipelines", type=_int_list, default=None,
@@ -145,9 +150,9 @@ def validate(args: argparse.Namespace) -> None:
     unknown = [p for p in args.parts if p not in PARTS]
     if unknown or not args.parts:
         raise InputError(f"--parts: unknown {unknown or 'empty list'}; choose from {','.join(PARTS)}")
-    unknown = [x for x in (args.loaders or []) if x not in ("dali", "eager", "torchcodec", "decord")]
+    unknown = [x for x in (args.loaders or []) if x not in LOADER_NAMES]
     if unknown:
-        raise InputError(f"--loaders: unknown {unknown}; choose from dali,eager,torchcodec,decord")
+        raise InputError(f"--loaders: unknown {unknown}; choose from {','.join(LOADER_NAMES)}")
     if args.shards is None and args.split != "train":
         raise InputError("--split: the bench's own shards have a train split only; pass --shards for others")
     for name in COUNT_OPTIONS:
@@ -209,16 +214,22 @@ def summary(record: dict, seconds: float) -> str:
     entries = record["entries"]
     env = record["environment"]
     lines = [f"amd_fast bench on {env['device']} ({env.get('gpu_name') or env['cpu_model']}), {seconds:.0f} s"]
+    for (codec, workers, peer), r in sorted(report.eager_over_peers(entries).items()):
+        lines.append(f"loaders  {codec} {workers} workers: eager / {peer}: clips per CPU-second ×{r:.2f}")
     for (codec, workers, peer), (r_clips, r_cpu) in sorted(report.loader_speedups(entries).items()):
         lines.append(f"loaders  {codec} {workers} workers: DALI / {peer}: clips/s ×{r_clips:.2f}, "
                      f"clips per CPU-second ×{r_cpu:.2f}")
     for e in entries:
-        if e["part"] == "loaders" and e.get("kind") != "decode" and e.get("clips_per_s"):
+        if e["part"] == "loaders" and e.get("kind") == "clips" and e.get("clips_per_s"):
             pipes = f", {e['pipelines']} pipelines" if e.get("pipelines") else ""
             util = (f", decoder {e['decoder_utilisation_pct']:.0f} %" if e.get("decoder_utilisation_pct") is not None
                     else "")
-            lines.append(f"         {e['loader']:<10} {e['codec']:<4} {e['workers']:>2} workers{pipes}: "
-                         f"{e['clips_per_s']:8.1f} clips/s, {1000 * e['cpu_s_per_clip']:6.1f} CPU ms/clip{util}")
+            frac = f", {100 * e['decode_limit_fraction']:.0f} % of the decode limit" if e.get("decode_limit_fraction") else ""
+            lines.append(f"         {e['loader']:<16} {e['codec']:<4} {e['workers']:>2} workers{pipes}: "
+                         f"{e['clips_per_s']:8.1f} clips/s, {1000 * e['cpu_s_per_clip']:6.1f} CPU ms/clip{frac}{util}")
+        if e["part"] == "loaders" and e.get("kind") == "decode_limit":
+            lines.append(f"         decode limit {e['codec']}: {e['clips_per_cpu_s']:.0f} clips per CPU-second "
+                         f"({e['decoded_frames_per_clip']:.1f} decoded frames per clip)")
         if e["part"] == "loaders" and e.get("kind") == "decode" and e.get("frames_per_s"):
             lines.append(f"         decode limit {e['backend']} ({e.get('threads')} threads): {e['frames_per_s']:.0f} frames/s")
         if e["part"] == "gop" and e.get("clips_per_s"):

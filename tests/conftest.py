@@ -33,4 +33,4 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 # Shared fixtures live next to the code that owns them.
-pytest_plugins = ["tests.shard_fixtures"]
+pytest_plugins = ["tests.shard_fixtures", "tests.s3_endpoint"]

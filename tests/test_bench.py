@@ -4,12 +4,14 @@ Speed itself is never asserted (DESIGN: "Speed is measured by bench/, never asse
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # bench/ is a folder of scripts, not an installed package
@@ -60,20 +62,59 @@ def test_loaders_part_tiny_run_measures_loaders_peers_and_decode(tmp_path, synth
                      "--loader-batches", "1", "--loader-batch-size", "2", "--num-frames", "4",
                      "--sampling-rate", "2", "--input-size", "32", "--num-sample", "2", "--decode-videos", "2")
     clips = {e["loader"]: e for e in rec["entries"] if e["part"] == "loaders" and e["kind"] == "clips"}
-    assert set(clips) == {"dali", "eager", "torchcodec", "decord"}  # every peer keeps its row
+    assert set(clips) == {"dali", "eager", "torchcodec", "decord", "spdl", "eager+torchcodec", "eager+decord",
+                          "eager+spdl"}  # every peer keeps its rows: used as documented, and inside our loader
     for name in ("dali", "eager"):
         e = clips[name]
         assert e["clips_per_s"] > 0 and e["workers"] == 1 and e["num_sample"] == 2 and e["cpu_s_per_clip"] > 0
+        assert e["main_cpu_s_per_clip"] >= 0
+    # the decode limit of the set (GOP 8 from its manifest) and each loader's share of it
+    (limit,) = [e for e in rec["entries"] if e.get("kind") == "decode_limit"]
+    assert limit["decoded_frames_per_clip"] > 0 and limit["clips_per_cpu_s"] > 0
+    eager = clips["eager"]
+    assert eager["decode_limit_fraction"] == pytest.approx(1 / eager["cpu_s_per_clip"] / limit["clips_per_cpu_s"])
     for e in clips.values():  # a peer that is not installed is "not measured", never a made-up number
         assert (e["clips_per_s"] is None) == e["status"].startswith("not measured")
     from amd_fast.data.decoders import decoder_problem
 
-    for name in ("torchcodec", "decord"):  # e.g. torchcodec without FFmpeg's shared libraries
+    for name in ("torchcodec", "decord", "spdl"):  # e.g. torchcodec without FFmpeg's shared libraries
         problem = decoder_problem(name)
-        if problem is not None:
-            assert clips[name]["status"] == f"not measured ({problem[0]})" and problem[1] in rec["notes"]
+        for row in (clips[name], clips[f"eager+{name}"]):
+            if problem is not None:
+                assert row["status"] == f"not measured ({problem[0]})" and problem[1] in rec["notes"]
+            else:
+                assert row["clips_per_s"] > 0 and row["cpu_s_per_clip"] > 0 and row["main_cpu_s_per_clip"] >= 0
+                assert row["decode_limit_fraction"] > 0
+    assert clips["torchcodec"]["backend"] == "peer" and clips["eager+torchcodec"]["backend"] == "eager"
+    _check_documented_peers_read_our_clips(synthetic_shards)  # the peer rows measure the same clips as ours
     decoders = {(e["backend"], e["threads"]) for e in rec["entries"] if e.get("kind") == "decode" and e["frames_per_s"]}
     assert {("pyav", "1"), ("pyav", "auto"), ("dali", "1")} <= decoders
+
+
+def _check_documented_peers_read_our_clips(synthetic_shards) -> None:
+    """Each peer used as documented (bench/parts/peers.py) reads the same samples, frames, crops and flips as our
+    eager loader: one batch each, pixels within the resampling filters' difference (PyAV's swscale vs torch)."""
+    from amd_fast.data import DataConfig, build_loader
+    from amd_fast.data.decoders import decoder_problem
+    from bench.parts import peers
+
+    cfg = DataConfig(shards=str(synthetic_shards), split="train", device="cpu", batch_size=2, num_frames=4,
+                     sampling_rate=2, input_size=32, num_sample=2, seed=0, dtype="uint8", backend="eager",
+                     num_workers=0)
+    ours = next(iter(build_loader(cfg)))["video"].float()
+    checked = 0
+    for name in peers.PEERS:
+        if decoder_problem(name) is not None:
+            continue
+        got = peers.first_batch(name, cfg)
+        assert got.dtype == torch.uint8 and got.shape == ours.shape, name
+        assert (got.float() - ours).abs().mean() < 3, name
+        checked += 1
+    # and a different epoch / seed is a different clip: the bound above is not loose enough to pass anything
+    if checked:
+        name = next(n for n in peers.PEERS if decoder_problem(n) is None)
+        other = peers.first_batch(name, dataclasses.replace(cfg, seed=1))
+        assert (other.float() - ours).abs().mean() > 3
 
 
 def test_timing_median_spread_and_iqr():

@@ -84,8 +84,8 @@ def test_a_manifestless_folder_of_one_build_loads_and_its_jsons_are_read_once(sy
     shards = open_shards(d, "train")
     assert shards.codecs == {"vp9": 24} and shards.num_samples == 24
     with caplog.at_level("WARNING"):
-        loader = build_loader(cfg_for(d, "auto", split="train", batch_size=4))
-    assert loader.backend == "dali"  # the codec counts came from open_shards' scan ...
+        loader = build_loader(cfg_for(d, "dali", split="train", batch_size=4))
+    assert loader.backend == "dali"  # the codec check's counts came from open_shards' scan ...
     assert "reading every sample's json" not in caplog.text  # ... not from a second pass over the tars
     # train and val tars of one build, listed explicitly: one class list, nothing to refuse
     both = open_shards(sorted(str(t) for t in d.glob("*.tar")))

@@ -68,8 +68,10 @@ def test_both_loaders_give_the_same_frames_in_eval_mode(synthetic_shards, rate):
         # 'edge' repeating frame 31 instead of the stride grid's 30) gives 0.05-0.08
         per_frame = diff.mean(dim=(1, 3, 4))  # (clip, t)
         assert per_frame.max() < 0.04, per_frame.max()
-        # and a wrong frame (start off by one stride) would differ far more on moving shapes
-        assert (a["video"][:, :, 1:] - b["video"][:, :, :-1]).abs().mean() > 2 * diff.mean()
+        # and a wrong frame (start off by one stride) would differ more on moving shapes: 1.8x here (2.1x before
+        # the eager loader scaled in YUV: it adds ~0.5 grey level of resampling difference, DALI converts to RGB
+        # first); an off-by-one start would make the ratio <= 1
+        assert (a["video"][:, :, 1:] - b["video"][:, :, :-1]).abs().mean() > 1.5 * diff.mean()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -227,3 +229,15 @@ def test_auto_pipelines_is_one_on_cpu():
     from amd_fast.data.dali_pipeline import auto_pipelines
 
     assert auto_pipelines(torch.device("cpu")) == 1
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_iterating_the_eager_loader_leaves_torchs_global_rng_alone(synthetic_shards, workers):
+    """A DataLoader draws a worker base seed at every iter(); from torch's global RNG that draw shifted the
+    model's random draws (drop path) after a resume, which starts with an extra, partial epoch."""
+    loader = build_loader(cfg_for(synthetic_shards, "eager", num_workers=workers))
+    before = torch.random.get_rng_state()
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        next(iter(loader))
+    assert torch.equal(torch.random.get_rng_state(), before)

@@ -107,7 +107,7 @@ def test_two_process_gloo_run(synthetic_shards, tmp_path):
     assert [row["step"] for row in rows] == [1, 2, 3, 4]
     assert all(np.isfinite(row["loss"]) for row in rows)
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert names == ["encoder.pth", "step-000000002.pt", "step-000000004.pt"]  # no temp files, no duplicates
+    assert names == ["encoder.pth", "encoder.safetensors", "step-000000002.pt", "step-000000004.pt"]  # no temp files
     state = ckpt.load_checkpoint(out / "checkpoints" / "step-000000004.pt")
     assert state["world_size"] == 2 and len(state["rng"]) == 2
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # per-rank streams
@@ -263,8 +263,8 @@ def test_two_nodes_rendezvous_train_and_checkpoint(synthetic_shards, tmp_path):
     assert [row["step"] for row in read_metrics(out)] == [1, 2, 3, 4]
     state = ckpt.load_checkpoint(out / "checkpoints" / "step-000000004.pt")
     assert state["world_size"] == 2 and len(state["rng"]) == 2
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["encoder.pth", "step-000000002.pt",
-                                                                       "step-000000004.pt"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["encoder.pth", "encoder.safetensors",
+                                                                       "step-000000002.pt", "step-000000004.pt"]
 
 
 def _children(pid: int):

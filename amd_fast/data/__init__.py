@@ -55,6 +55,7 @@ def build_loader(cfg: Union[DataConfig, dict, None] = None, rank: int = 0, world
         raise TypeError("pass either a DataConfig or keyword arguments, not both")
     cfg.validate()
     device = cfg.resolved_device()
+    cfg.configure_remote()  # URL shards: concurrency, timeouts, retries, cache (inherited by forked workers)
     shards = open_shards(cfg.shards, cfg.split)
 
     bad = BadSampleCounter()

@@ -6,11 +6,12 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 from amd_fast.cores import usable_cores  # noqa: F401 (also imported from here)
 
 from .decoders import DECODERS
+from .remote import configure, is_url, redact, secrets_in
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,15 @@ class DataConfig:
     'label': (batch_size*num_sample,) int64}`` on ``device``, normalized with ImageNet mean/std.
 
     - ``shards``: a split manifest (``train.manifest.json``), a shard folder (the manifest of
-      ``split`` in it is used, else its ``<split>-*.tar``), or a list of tar paths.
+      ``split`` in it is used, else its ``<split>-*.tar``), or a list of tar paths; each may be a local path or
+      an fsspec URL (``s3://bucket/prefix``, ``gs://...``, ``https://...``; credentials from the backend's
+      standard sources, never in the URL). See ``data.remote``.
+    - ``remote_concurrency``: ranged reads in flight per loader process (eager worker, DALI planner) for
+      URL shards; ``remote_timeout_s``: a request that has not finished by then is abandoned and retried;
+      ``remote_retries``: tries after the first for a transient error (5xx, reset, timeout) before the sample
+      counts as unreadable (``on_bad_sample``).
+    - ``cache_dir`` / ``cache_bytes``: keep whole tars read from URLs in this local folder, least recently used
+      evicted beyond ``cache_bytes`` (an int, or ``"50G"``, ``"500M"``: binary units); off when either is unset.
     - ``batch_size`` counts *videos* per rank; each video gives ``num_sample`` clips
       (AMD/VideoMAEv2 ``--num_sample`` repeated augmentation: one decode, independent crops).
     - ``sampling_rate``: stride between the ``num_frames`` frames of a clip (VideoMAE ``new_step``).
@@ -45,6 +54,9 @@ class DataConfig:
       views (temporal-major: view = segment * test_crops + crop; one view = the middle clip and the centre
       square crop of the short side), resized to ``input_size``, no flip, reading order = shard order.
     - ``device``: ``'auto'`` = ``'cuda'`` when available else ``'cpu'``; ``'cuda:1'`` etc. accepted.
+    - ``backend``: ``auto`` = DALI on CUDA when it decodes every codec of the split, else the eager loader;
+      on a machine without CUDA always the eager loader (its one-pass PyAV path costs less CPU per clip than
+      DALI's CPU decoder); ``dali`` / ``eager`` force one. The log says which and why.
     - ``num_workers``: eager DataLoader worker processes; ``eager_decoder``: the eager loader's video
       decoder (``pyav``, or the peers ``torchcodec`` / ``decord``, see ``data.decoders``; a peer that cannot
       decode on this machine, e.g. torchcodec without FFmpeg's shared libraries, is refused when the loader
@@ -90,6 +102,11 @@ class DataConfig:
     drop_last: bool = True
     on_bad_sample: str = "skip"
     train: bool = True
+    remote_concurrency: int = 16
+    remote_timeout_s: float = 60.0
+    remote_retries: int = 8
+    cache_dir: Optional[str] = None
+    cache_bytes: Union[int, str] = 0
 
     def __post_init__(self):
         self.validate()
@@ -122,6 +139,29 @@ class DataConfig:
         need(int(self.max_distort) >= 0, f"max_distort={self.max_distort!r} must be >= 0")
         need(len(self.scales) >= 1 and all(0 < float(s) <= 1 for s in self.scales),
              f"scales={list(self.scales)!r} must be a non-empty list of fractions in (0, 1]")
+        need(int(self.remote_concurrency) >= 1, f"remote_concurrency={self.remote_concurrency!r} must be >= 1")
+        need(float(self.remote_timeout_s) > 0, f"remote_timeout_s={self.remote_timeout_s!r} must be > 0")
+        need(int(self.remote_retries) >= 0, f"remote_retries={self.remote_retries!r} must be >= 0")
+        try:
+            cache_bytes = parse_bytes(self.cache_bytes)
+        except ValueError as e:
+            need(False, f"cache_bytes={self.cache_bytes!r}: {e}")
+        need(not self.cache_dir or not is_url(str(self.cache_dir)),
+             f"cache_dir={self.cache_dir!r} must be a local folder")
+        if cache_bytes > 0 and not self.cache_dir:
+            log.warning("data.cache_bytes is set but data.cache_dir is not: no cache")
+        for where in ([self.shards] if isinstance(self.shards, (str, Path)) else list(self.shards)):
+            what = secrets_in(str(where))
+            need(what is None, f"shards={redact(str(where))} carries {what}: credentials in a URL would be written to "
+                               "config.yaml and logs; give them the backend's standard way (AWS_* variables, a "
+                               "profile or an instance role for s3://, GOOGLE_APPLICATION_CREDENTIALS for gs://) "
+                               "and drop them from the URL")
+
+    def configure_remote(self) -> None:
+        """Hand the URL-reading settings to ``remote`` (process-wide; forked loader workers inherit them)."""
+        configure(concurrency=int(self.remote_concurrency), timeout_s=float(self.remote_timeout_s),
+                  retries=int(self.remote_retries), cache_dir=str(self.cache_dir) if self.cache_dir else None,
+                  cache_bytes=parse_bytes(self.cache_bytes))
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "DataConfig":
@@ -156,3 +196,25 @@ def warn_oversubscription(cfg: DataConfig, backend: str, pipelines: int) -> None
     if backend == "dali" and cfg.dali_pipelines != "auto" and pipelines > 2 * per_rank:
         log.warning("data.dali_pipelines=%d is more than twice the %s: the pipelines only compete for the cores; "
                     "set data.dali_pipelines=auto or at most %d", pipelines, where, per_rank)
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_bytes(value: Union[int, str, None]) -> int:
+    """``1073741824``, ``"1G"``, ``"1GiB"``, ``"500M"`` -> bytes (binary units); None / 0 -> 0."""
+    if value is None:
+        return 0
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("must be >= 0")
+        return int(value)
+    text = str(value).strip().upper().replace("IB", "").rstrip("B")
+    num, unit = (text[:-1], text[-1]) if text and text[-1] in _UNITS else (text, "")
+    try:
+        n = float(num)
+    except ValueError:
+        raise ValueError("give bytes as an integer or with a unit: 500M, 50G, 1T") from None
+    if n < 0:
+        raise ValueError("must be >= 0")
+    return int(n * _UNITS[unit])

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 from collections import deque
 from typing import Iterator, List, Sequence, Tuple
 
@@ -40,7 +39,7 @@ import torch
 
 from .config import DataConfig
 from .sampling import ClipPlan, normalize_clips, plan_clip, sample_rng
-from .shards import ShardError, ShardSet, read_clip_info, read_member
+from .shards import READ_ERRORS, ShardError, ShardSet, read_sample, read_samples
 from .stream import BadSampleCounter, BadSampleError, BrokenShardsError, LoaderStateMixin
 
 log = logging.getLogger(__name__)
@@ -108,8 +107,10 @@ class _Feed:
             raise StopIteration
         batch = self.batches.popleft()
         per_sample, labels, taken = [], [], []
-        for pos, i in batch:
-            inputs, label, j = self.loader.readable_inputs(self.epoch, pos, i)
+        # the batch's samples in one go: on object storage, remote_concurrency ranged GETs in flight
+        read = read_samples([self.loader.samples[i] for _, i in batch], concurrency=self.loader.cfg.remote_concurrency)
+        for (pos, i), got in zip(batch, read):
+            inputs, label, j = self.loader.readable_inputs(self.epoch, pos, i, got)
             per_sample.append(inputs)
             labels.append(label)
             taken.append((pos, j))
@@ -130,23 +131,26 @@ class DaliLoader(LoaderStateMixin):
         self._repair = None
 
     # ---- inputs ---------------------------------------------------------------------------------------
-    def sample_inputs(self, epoch: int, pos: int, i: int):
+    def sample_inputs(self, epoch: int, pos: int, i: int, read=None):
         """(DALI inputs, label) of sample ``i`` at position ``pos`` of ``epoch``; OSError / ShardError /
-        struct.error if its members cannot be read."""
-        s = self.samples[i]
-        info = read_clip_info(s)
+        struct.error if its members cannot be read. ``read``: its ``read_sample`` result (or the exception
+        ``read_samples`` gave in its place), when the batch was read ahead."""
+        if isinstance(read, BaseException):
+            raise read
+        info, video = read if read is not None else read_sample(self.samples[i])
         plan = plan_clip(self.cfg, info.frames, info.height, info.width, sample_rng(self.state.seed, epoch, self.rank, pos))
-        return plan_inputs(read_member(s.tar, s.video), plan), info.label
+        return plan_inputs(video, plan), info.label
 
-    def readable_inputs(self, epoch: int, pos: int, i: int):
+    def readable_inputs(self, epoch: int, pos: int, i: int, read=None):
         """``sample_inputs`` of the first sample from ``i`` on (stored order) whose members can be read;
-        unreadable ones (a cut-off tar) are counted and replaced, as undecodable ones are."""
+        unreadable ones (a cut-off tar, an object that stays unavailable after its retries) are counted and
+        replaced, as undecodable ones are."""
         for attempt in range(min(MAX_REPLACEMENTS, len(self.samples))):
             j = (i + attempt) % len(self.samples)
             try:
-                inputs, label = self.sample_inputs(epoch, pos, j)
+                inputs, label = self.sample_inputs(epoch, pos, j, read if attempt == 0 else None)
                 return inputs, label, j
-            except (OSError, ShardError, struct.error) as e:
+            except READ_ERRORS as e:
                 where = f"{self.samples[j].tar}:{self.samples[j].key}"
                 if self.cfg.on_bad_sample == "error":
                     raise BadSampleError(f"unreadable sample {where}: {e} (set data.on_bad_sample=skip to replace "

@@ -1,11 +1,16 @@
-"""Eager loader: a video decoder (PyAV by default) + torch transforms in ``torch.utils.data.DataLoader`` workers.
+"""Eager loader: a video decoder (PyAV by default) in ``torch.utils.data.DataLoader`` workers.
 
-The bench's baseline and the fallback for codecs DALI cannot decode here (H.264 on CPU). Same contract
-and outputs as the DALI loader: the same per-rank sample order (``shards.epoch_order``), the same clip
-plan per position (``sampling.plan_clip``: frame indices, crop boxes, flips), the same resize (bilinear,
-antialiased, rounded to uint8 like DALI's resize) and the same normalization (on the device, after the
-uint8 clip crossed the process boundary: 4x less IPC than float). ``data.eager_decoder`` picks the
-decoder (``decoders.py``: pyav, torchcodec, decord), all seeking to the keyframe before the clip.
+The default CPU loader and the fallback for codecs DALI cannot decode (H.264 on CPU). Same contract as the
+DALI loader: the same per-rank sample order (``shards.epoch_order``), the same clip plan per position
+(``sampling.plan_clip``: frame indices, crop boxes, flips), an antialiased bilinear resize to uint8, and the
+same normalization, on the model's device, after the uint8 clip crossed the process boundary (4x less IPC
+than float). ``data.eager_decoder`` picks the decoder (``decoders.py``: pyav, torchcodec, decord), all
+seeking to the keyframe before the clip.
+
+Where the CPU goes (issue 17): with PyAV each wanted frame is cropped, scaled and converted to RGB in one
+FFmpeg filter-graph pass while still YUV (``decoders.CropGraph``), the ``num_sample`` crops of a sample
+share its decode, and a worker writes every crop straight into the batch's shared-memory buffer
+(:meth:`ClipDataset.__getitems__`), which the main process maps without a copy.
 
 Samples are read by random access at the byte offsets of the DALI ``.idx`` files rather than by
 streaming the tars with ``webdataset``: it gives the identical per-rank split as DALI, a full
@@ -17,44 +22,32 @@ stored order and counted (see ClipDataset), so batch shapes stay static.
 """
 from __future__ import annotations
 
+import collections
+import ctypes
+import functools
 import logging
 import struct
-from typing import Iterator, List
+from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .config import DataConfig
-from .decoders import DecodeError, get_decoder
+from .decoders import DecodeError, get_clip_decoder
 from .sampling import normalize_clips, plan_clip, sample_rng
-from .shards import Sample, ShardError, ShardSet, read_clip_info, read_member
+from .shards import Sample, ShardError, ShardSet, read_sample, read_samples
 from .stream import BadSampleCounter, BadSampleError, BrokenShardsError, LoaderStateMixin
 
 log = logging.getLogger(__name__)
 
 
-def crop_resize(frames: torch.Tensor, box, size: int, flip: bool) -> torch.Tensor:
-    """(T, H, W, 3) uint8 -> (T, size, size, 3) uint8: crop ``box``, antialiased bilinear resize, flip.
-
-    Resized in uint8 with the frames channels-last (a permuted view of the decoder's HWC output): torch's
-    vectorised uint8 path, 10-15x faster on a CPU core than converting to float first (same result up to
-    rounding: at most 1 grey level). The clip stays channels-last, as DALI's."""
-    y0, x0, ch, cw = box
-    x = frames[:, y0:y0 + ch, x0:x0 + cw].permute(0, 3, 1, 2)
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    if flip:
-        x = x.flip(-1)
-    return x.permute(0, 2, 3, 1).contiguous()
-
-
 class ClipDataset(torch.utils.data.Dataset):
-    """Map-style: item ``(epoch, position, sample_index)`` -> num_sample uint8 clips + label.
+    """Batched map-style: items ``(epoch, position, sample_index)`` -> one batch dict (see :meth:`__getitems__`).
 
     A video that fails to decode (or whose members are cut off) is replaced by the next sample in
     stored order, as VideoMAE retries another sample, so every batch has ``batch_size`` videos (static
     shapes for torch.compile, equal step counts across DDP ranks); each failure is reported in ``bad``
-    for the main process to count. Only when ``MAX_REPLACEMENTS`` samples in a row fail is the item
+    for the main process to count. Only when ``MAX_REPLACEMENTS`` samples in a row fail is the batch
     marked ``broken``: the main process then stops with :class:`BrokenShardsError`."""
 
     MAX_REPLACEMENTS = 32
@@ -63,55 +56,139 @@ class ClipDataset(torch.utils.data.Dataset):
         self.cfg, self.samples, self.rank, self.seed = cfg, samples, rank, seed
         self.device = device  # where torchcodec decodes when the loader runs in the main process
         self._decode = None
+        self._buffer_device = "cpu"
 
     def __len__(self):
         return len(self.samples)
 
-    def __getitem__(self, item):
-        epoch, pos, i = item
+    def _decoder(self):
         if self._decode is None:  # per process: workers build their own (decoders do not pickle)
             threads = 1 if self.cfg.num_workers > 0 else 0  # in workers, the workers are the parallelism
-            on_gpu = self.cfg.num_workers == 0 and self.device.startswith("cuda")
-            self._decode = get_decoder(self.cfg.eager_decoder, threads=threads,
-                                       device=self.device if on_gpu else "cpu")
-        bad = []
-        for attempt in range(min(self.MAX_REPLACEMENTS, len(self.samples))):
-            s = self.samples[(i + attempt) % len(self.samples)]
-            try:
-                out = self._load(s, sample_rng(self.seed, epoch, self.rank, pos))
-                out["bad"], out["index"] = bad, (i + attempt) % len(self.samples)
-                return out
-            except (DecodeError, OSError, struct.error, ShardError) as e:
-                bad.append((f"{s.tar}:{s.key}", str(e)))
-                if self.cfg.on_bad_sample == "error":
-                    break
-        return {"bad": bad, "broken": True}
+            on_gpu = (self.cfg.num_workers == 0 and self.device.startswith("cuda")
+                      and self.cfg.eager_decoder == "torchcodec")
+            self._buffer_device = self.device if on_gpu else "cpu"
+            self._decode = get_clip_decoder(self.cfg.eager_decoder, threads=threads,
+                                            device=self.device if on_gpu else "cpu")
+        return self._decode
 
-    def _load(self, s: Sample, rng: np.random.Generator) -> dict:
+    def _batch_buffer(self, n: int) -> torch.Tensor:
+        """(n * num_sample, T, S, S, 3) uint8 for the batch. In a DataLoader worker it is one of a ring of
+        ``RING`` shared-memory buffers the worker reuses, so the decoders write the crops straight into what
+        the main process maps: no collation copy, no copy into shared memory when it is sent, and no fresh
+        shared memory per batch (measured: creating and first touching 38 MB of it cost ~2 ms of CPU per clip,
+        a fifth of the loader's). Reuse is safe because the main process copies every batch out before it asks
+        for the next (:meth:`EagerLoader.__iter__`; the pin-memory thread's copy on CUDA) and the DataLoader
+        deals tasks round-robin and delivers them in order, so when a worker starts a task, its task
+        ``prefetch + 1`` tasks back has been copied out."""
         cfg = self.cfg
-        info = read_clip_info(s)
-        plan = plan_clip(cfg, info.frames, info.height, info.width, rng)
-        frames = torch.as_tensor(self._decode(read_member(s.tar, s.video), plan.indices))
-        if tuple(frames.shape[1:3]) != (info.height, info.width):
-            raise DecodeError(f"frames are {frames.shape[2]}x{frames.shape[1]}, the shard records "
-                              f"{info.width}x{info.height}")
-        clips = [crop_resize(frames, box, cfg.input_size, flip) for box, flip in zip(plan.boxes, plan.flips)]
-        return {"video": torch.stack(clips), "label": info.label}
+        ns = cfg.num_sample
+        shape = (cfg.batch_size * ns, cfg.num_frames, cfg.input_size, cfg.input_size, 3)
+        if self._buffer_device != "cpu":
+            return torch.empty((n * ns,) + shape[1:], dtype=torch.uint8, device=self._buffer_device)
+        if torch.utils.data.get_worker_info() is None:
+            return torch.empty((n * ns,) + shape[1:], dtype=torch.uint8)
+        ring = self.__dict__.setdefault("_ring", [])
+        slot = self.__dict__.get("_slot", 0)
+        self._slot = slot + 1
+        if len(ring) < cfg.prefetch + 1:
+            storage = torch.empty(0, dtype=torch.uint8)._typed_storage()._new_shared(int(np.prod(shape)))
+            ring.append(torch.empty(0, dtype=torch.uint8).new(storage).view(shape))
+            return ring[-1][:n * ns]
+        return ring[slot % len(ring)][:n * ns]
+
+    def __getitems__(self, items: Sequence[Tuple[int, int, int]]) -> dict:
+        """One batch: ``video`` (b*num_sample, T, S, S, 3) uint8 (video-major), ``label``, ``index`` (the
+        sample read at each position after replacements), ``bad`` [(where, why)], or ``broken``.
+
+        The batch's samples are read first, in one :func:`~amd_fast.data.shards.read_samples` call (on object
+        storage its ranged reads overlap); replacements, rare, are read one by one."""
+        decode, ns = self._decoder(), self.cfg.num_sample
+        video = self._batch_buffer(len(items))
+        labels, indices, bad = [], [], []
+        first = self._read_batch(items)
+        for b, ((epoch, pos, i), got) in enumerate(zip(items, first)):
+            out = video[b * ns:(b + 1) * ns]
+            for attempt in range(min(self.MAX_REPLACEMENTS, len(self.samples))):
+                j = (i + attempt) % len(self.samples)
+                s = self.samples[j]
+                try:
+                    if attempt > 0:
+                        got = read_sample(s)
+                    elif isinstance(got, Exception):
+                        raise got
+                    info, data = got
+                    plan = plan_clip(self.cfg, info.frames, info.height, info.width,
+                                     sample_rng(self.seed, epoch, self.rank, pos))
+                    decode(data, plan, self.cfg.input_size, out, (info.height, info.width))
+                    labels.append(info.label)
+                    indices.append(j)
+                    break
+                except (DecodeError, OSError, struct.error, ShardError) as e:
+                    bad.append((f"{s.tar}:{s.key}", str(e)))
+                    if self.cfg.on_bad_sample == "error":
+                        return {"bad": bad, "broken": True}
+            else:
+                return {"bad": bad, "broken": True}
+        return {"video": video, "label": torch.tensor(labels, dtype=torch.int64),
+                "index": torch.tensor(indices, dtype=torch.int64), "bad": bad}
+
+    def __getitem__(self, item):
+        return self.__getitems__([item])
+
+    def _read_batch(self, items: Sequence[Tuple[int, int, int]]) -> list:
+        return read_samples([self.samples[i] for _, _, i in items], concurrency=self.cfg.remote_concurrency)
 
 
-def collate(items):
-    out = {"bad": [b for it in items for b in it["bad"]]}
-    if any(it.get("broken") for it in items):
-        out["broken"] = True  # the main process raises; never a short batch
-        return out
-    out["video"] = torch.cat([it["video"] for it in items])  # (b*num_sample, T, S, S, 3), video-major
-    out["label"] = torch.tensor([it["label"] for it in items], dtype=torch.int64)
-    out["index"] = torch.tensor([it["index"] for it in items], dtype=torch.int64)
-    return out
+def _batch_as_is(batch: dict) -> dict:
+    """The DataLoader's collate: :meth:`ClipDataset.__getitems__` already built the batch in place."""
+    return batch
 
 
 def _worker_init(_):
     torch.set_num_threads(1)  # workers are the parallelism; avoid oversubscribing the cores
+
+
+_HUGE_PAGE = 1 << 21
+
+
+@functools.lru_cache(maxsize=1)
+def _madvise():
+    """libc's madvise, or None where there is none (not Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+    return fn
+
+
+def _copy_out(video: torch.Tensor) -> torch.Tensor:
+    """A private copy of a batch (tens of MB), asking for transparent huge pages first (MADV_HUGEPAGE, where
+    THP is in 'madvise' mode): measured on a 38 MB batch, 6.5 ms instead of 22 ms of the main process's CPU,
+    nearly all of it page faults on the fresh copy."""
+    out = torch.empty_like(video)
+    madvise = _madvise()
+    if madvise is not None and out.numel() >= 2 * _HUGE_PAGE:
+        start = (out.data_ptr() + _HUGE_PAGE - 1) & ~(_HUGE_PAGE - 1)
+        end = (out.data_ptr() + out.numel()) & ~(_HUGE_PAGE - 1)
+        if end > start:
+            madvise(start, end - start, 14)  # MADV_HUGEPAGE; a failure only costs the faults it would have saved
+    return out.copy_(video)
+
+
+class _EpochBatches:
+    """The DataLoader's batch sampler: the batches of the epoch being read, replaced before each epoch, so one
+    DataLoader (and its worker processes) serves every epoch."""
+
+    def __init__(self):
+        self.batches: List[List[Tuple[int, int, int]]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class EagerLoader(LoaderStateMixin):
@@ -122,19 +199,38 @@ class EagerLoader(LoaderStateMixin):
     def __init__(self, cfg: DataConfig, shards: ShardSet, rank: int, world_size: int, device: str,
                  bad: BadSampleCounter):
         self._init_state(cfg, shards, rank, world_size, device, bad)
-        get_decoder(cfg.eager_decoder)  # a missing decoder package is an error now, not in a worker
+        get_clip_decoder(cfg.eager_decoder)  # a missing decoder package is an error now, not in a worker
+        self._sampler = _EpochBatches()
+        self._loader, self._loader_seed = None, None
+
+    def _data_loader(self) -> torch.utils.data.DataLoader:
+        """One DataLoader for every epoch, its workers kept between epochs (``persistent_workers``): no process
+        start-up, decoder set-up or object-storage client per epoch. Rebuilt only if a restored state brought
+        another seed (the workers' dataset holds it)."""
+        st, cfg = self.state, self.cfg
+        if self._loader is None or self._loader_seed != st.seed:
+            on_gpu_decode = cfg.eager_decoder == "torchcodec" and cfg.num_workers == 0 and self.device.type == "cuda"
+            self._loader = torch.utils.data.DataLoader(
+                ClipDataset(cfg, self.samples, self.rank, st.seed, str(self.device)), batch_sampler=self._sampler,
+                num_workers=cfg.num_workers, collate_fn=_batch_as_is,
+                pin_memory=self.device.type == "cuda" and not on_gpu_decode,
+                prefetch_factor=cfg.prefetch if cfg.num_workers > 0 else None,
+                persistent_workers=cfg.num_workers > 0,
+                worker_init_fn=_worker_init if cfg.num_workers > 0 else None,
+                # Its own generator: each iter() draws a worker base seed, which would otherwise come from torch's
+                # global RNG and shift the model's random draws (drop path) after a resume. Nothing here uses it:
+                # every random choice comes from (seed, epoch, rank, position).
+                generator=torch.Generator().manual_seed(cfg.seed))
+            self._loader_seed = st.seed
+        return self._loader
 
     def __iter__(self) -> Iterator[dict]:
         st, cfg = self.state, self.cfg
         epoch = st.epoch
-        batches = [[(epoch, pos, int(i)) for pos, i in batch] for batch in self.epoch_batches(epoch, st.batch)]
-        on_gpu_decode = cfg.eager_decoder == "torchcodec" and cfg.num_workers == 0 and self.device.type == "cuda"
-        loader = torch.utils.data.DataLoader(
-            ClipDataset(cfg, self.samples, self.rank, st.seed, str(self.device)), batch_sampler=batches,
-            num_workers=cfg.num_workers, collate_fn=collate,
-            pin_memory=self.device.type == "cuda" and not on_gpu_decode,
-            prefetch_factor=cfg.prefetch if cfg.num_workers > 0 else None,
-            worker_init_fn=_worker_init if cfg.num_workers > 0 else None)
+        loader = self._data_loader()
+        self._sampler.batches = [[(epoch, pos, int(i)) for pos, i in batch]
+                                 for batch in self.epoch_batches(epoch, st.batch)]
+        ring_held = collections.deque(maxlen=(cfg.prefetch + 1) * max(cfg.num_workers, 1))
         for batch in loader:
             st.batch += 1
             for where, why in batch["bad"]:
@@ -147,7 +243,13 @@ class EagerLoader(LoaderStateMixin):
                     f"{ClipDataset.MAX_REPLACEMENTS} samples in a row failed to load (last: {batch['bad'][-1][0]}: "
                     f"{batch['bad'][-1][1]}); the shards look broken: check them with `python -m amd_fast.shard "
                     "--verify --out <shard folder>` and rebuild the bad ones")
-            video = batch["video"].to(self.device, non_blocking=True).permute(0, 4, 1, 2, 3)  # channels-last view
+            video = batch["video"]
+            if cfg.num_workers > 0 and not (self.device.type == "cuda" and loader.pin_memory):
+                # Hold the ring buffers received lately: torch maps a shared buffer it still holds only once
+                # (its shared-storage cache), so each ring buffer is mapped and faulted in once, not per batch.
+                ring_held.append(video)
+                video = _copy_out(video)  # out of the worker's ring buffer before the next batch is asked for
+            video = video.to(self.device, non_blocking=True).permute(0, 4, 1, 2, 3)  # channels-last view
             video = normalize_clips(video, self.out_dtype)
             yield {"video": video, "label": batch["label"].to(self.device, non_blocking=True)
                    .repeat_interleave(cfg.num_sample), "index": batch["index"].repeat_interleave(cfg.num_sample)}

@@ -86,6 +86,7 @@ def measure_clips_per_s(cfg: DataConfig, *, batches: int = 20, warmup: int = 3, 
         next(it)
     _sync(device)
     clips, wait = 0, 0.0
+    main0 = _proc_cpu(os.getpid())
     cpu0, t0 = process_tree_cpu_seconds(), time.perf_counter()
     for _ in range(batches):
         tw = time.perf_counter()
@@ -95,12 +96,14 @@ def measure_clips_per_s(cfg: DataConfig, *, batches: int = 20, warmup: int = 3, 
         clips += b["video"].shape[0]
     elapsed = time.perf_counter() - t0
     cpu = process_tree_cpu_seconds() - cpu0
+    main_cpu = _proc_cpu(os.getpid()) - main0  # the training process's own share (receive, transfer, normalize)
     return {
         "backend": loader.backend,
         "clips_per_s": clips / elapsed,
         "videos_per_s": clips / cfg.num_sample / elapsed,
         "cpu_s_per_clip": cpu / clips,
         "cpu_cores_busy": cpu / elapsed,
+        "main_cpu_s_per_clip": main_cpu / clips,  # x100 = cores of the main process per 100 clips/s
         "data_wait_ms_per_batch": 1000 * wait / batches,
         "warmup_s": t0 - t_build,
         "batches": batches,

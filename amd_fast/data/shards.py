@@ -12,11 +12,18 @@ and the tars must agree (:func:`check_one_build`): one class index must name one
 where the build's ``<split>.plan.json`` lies beside a tar, the tar's class names, codec and short side must
 be the plan's. Without a plan, tars whose samples all share one codec and short side (what a re-encoding
 build writes), with at least ``UNIFORM_MIN_SAMPLES`` samples each, must share them too.
+
+``shards`` may also be an fsspec URL (``s3://bucket/prefix``, ``gs://...``, ``https://...``: see ``remote``)
+with the same layout. Opening such a set costs one listing, one GET per manifest / index and a few ranged GETs
+per tar (its headers), issued ``data.remote_concurrency`` at a time; every sample is then read by one ranged
+GET (:func:`read_sample`). A 404 / 403 / missing manifest is a ShardError naming the URL and the fix. For a
+manifest-less URL folder, a ``<split>.plan.json`` beside the tars is not consulted (the uniformity rule is).
 """
 from __future__ import annotations
 
 import json
 import logging
+import struct
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +35,9 @@ from amd_fast.errors import InputError
 from amd_fast.shard import format as shard_format
 from amd_fast.shard import manifest as shard_manifest
 from amd_fast.shard.format import INFO_BYTES, INFO_EXT, TAR_BLOCK, VIDEO_EXTS, ClipInfo
+
+from . import remote
+from .remote import is_url, redact
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +75,9 @@ class ShardSet:
 
 def _manifest_for(shards: Union[str, Path], split: str) -> Tuple[Optional[Path], List[Path]]:
     """(manifest path or None, tar paths) for a manifest file, a folder or a single tar."""
-    p = Path(shards)
+    if is_url(shards):
+        return _remote_manifest_for(str(shards), split)
+    p = Path(remote.strip_file_scheme(str(shards)))
     if p.is_file() and p.name.endswith(".json"):
         return p, []
     if p.is_file() and p.suffix == ".tar":
@@ -86,8 +98,57 @@ def _manifest_for(shards: Union[str, Path], split: str) -> Tuple[Optional[Path],
     raise ShardError(f"shards path {p} does not exist (expected a manifest .json, a shard folder or .tar files)")
 
 
+def _remote_manifest_for(url: str, split: str):
+    """The URL counterpart of :func:`_manifest_for` (one GET or one listing)."""
+    url = url.rstrip("/")
+    if url.endswith(".json"):
+        return url, []
+    if url.endswith(".tar"):
+        return None, [url]
+    manifest = remote.join(url, f"{split}.manifest.json")
+    try:
+        remote.read_bytes(manifest)
+        return manifest, []
+    except remote.RemoteNotFound:
+        pass
+    except remote.RemoteError as e:
+        raise ShardError(str(e)) from None
+    try:
+        tars = sorted(u for u in remote.sizes_under(url) if u.rsplit("/", 1)[-1].startswith(f"{split}-")
+                      and u.endswith(".tar"))
+    except remote.RemoteError as e:
+        raise ShardError(str(e)) from None
+    if tars:
+        log.warning("no %s.manifest.json in %s: reading its %d %s-*.tar without a manifest", split, redact(url),
+                    len(tars), split)
+        return None, tars
+    raise ShardError(f"{redact(manifest)} does not exist, nor any {split}-*.tar beside it; upload the shard folder "
+                     f"that `python -m amd_fast.shard --out DIR` wrote (e.g. `aws s3 sync DIR {redact(url)}`) or fix "
+                     "data.shards")
+
+
+def _via_local_copy(url: str, name: str, parse):
+    """``parse(local path)`` of a copy of the object at ``url`` (the shard tool's readers take paths), its
+    messages naming the URL instead of the copy."""
+    import tempfile
+
+    try:
+        data = remote.read_bytes(url)
+    except remote.RemoteError as e:
+        raise ShardError(str(e)) from None
+    with tempfile.TemporaryDirectory(prefix="amd-remote-") as tmp:
+        local = Path(tmp) / name
+        local.write_bytes(data)
+        try:
+            return parse(local)
+        except (OSError, ValueError) as e:
+            raise type(e)(str(e).replace(str(local), redact(url))) from None
+
+
 def read_manifest(path: Path) -> dict:
     """The shard tool's validated manifest, with its errors raised as ShardError."""
+    if is_url(path):
+        return _via_local_copy(str(path), str(path).rsplit("/", 1)[-1], read_manifest)
     try:
         return shard_manifest.read_manifest(path)
     except ValueError as e:
@@ -97,6 +158,8 @@ def read_manifest(path: Path) -> dict:
 def _parse_index(idx_path: Path, tar_path: Path) -> List[List[shard_format.IndexEntry]]:
     """The DALI index: per sample, its members' (ext, data_offset, size, member_name)."""
     try:
+        if is_url(idx_path):
+            return _via_local_copy(str(idx_path), "index.idx", shard_format.read_index)
         return shard_format.read_index(idx_path)
     except (OSError, ValueError) as e:
         raise ShardError(f"cannot use index {idx_path}: {e}; rebuild it with `wds2idx {tar_path} {idx_path}` "
@@ -110,42 +173,57 @@ def _listing(index) -> List[Tuple[str, Dict[str, Tuple[int, int]]]]:
 
 
 def _verify_hint(tar_path: Path) -> str:
+    if is_url(tar_path):  # --verify reads local folders: verify the folder that was uploaded
+        return "`python -m amd_fast.shard --verify --out <the local folder these shards were uploaded from>`"
     return f"`python -m amd_fast.shard --verify --out {Path(tar_path).parent}`"
 
 
-def _check_tar(tar_path: Path, index, idx_path: Path) -> None:
+def _header_checks(index) -> List[Tuple[int, int, str]]:
+    """(data offset, size, member name) of each member of the first and the last sample."""
+    ends = index[:1] + index[1:][-1:]
+    return [(off, length, name) for members in ends for _, off, length, name in members]
+
+
+def _check_tar(tar_path: Path, index, idx_path: Path, size: Optional[int] = None,
+               headers: Optional[Dict[int, bytes]] = None) -> None:
     """Missing or truncated tar (its size vs. the last member its index lists), and an index that does not
     belong to its tar: the tar header before each member of the first and the last sample must name that
-    member with its size (a few 512-byte reads per tar)."""
-    if not tar_path.is_file():
-        raise ShardError(f"shard {tar_path} is missing; rebuild the shards (python -m amd_fast.shard ...)")
-    size = tar_path.stat().st_size
+    member with its size (a few 512-byte reads per tar). For a URL tar, ``size`` and ``headers`` (the
+    512-byte blocks by offset, read in one batch for all tars) come from the caller."""
+    if size is None:
+        if not tar_path.is_file():
+            raise ShardError(f"shard {tar_path} is missing; rebuild the shards (python -m amd_fast.shard ...)")
+        size = tar_path.stat().st_size
+        with open(tar_path, "rb") as f:
+            headers = {}
+            for off, length, _ in _header_checks(index):
+                if off + length <= size and off >= TAR_BLOCK:
+                    f.seek(off - TAR_BLOCK)
+                    headers[off - TAR_BLOCK] = f.read(TAR_BLOCK)
     end = max((off + length for members in index for _, off, length, _ in members), default=0)
-    ends = index[:1] + index[1:][-1:]  # the first and the last sample
-    with open(tar_path, "rb") as f:
-        for members in ends:
-            for _, off, length, name in members:
-                if off + length > size:
-                    continue  # past the end: reported as truncation below
-                found = _header_at(f, off - TAR_BLOCK)
-                if found is None or found[1] != length or not _same_name(found[0], name):
-                    what = "no tar header" if found is None else f"{found[0]!r} ({found[1]} bytes)"
-                    raise ShardError(
-                        f"index {idx_path} does not match shard {tar_path} (another tar's index, or an older copy's): "
-                        f"it puts {name} ({length} bytes) at byte {off}, where the tar has {what}; recreate the index "
-                        f"(`wds2idx {tar_path} {idx_path}`) or check the folder with {_verify_hint(tar_path)}")
+    shown = redact(tar_path)
+    for off, length, name in _header_checks(index):
+        if off + length > size:
+            continue  # past the end: reported as truncation below
+        found = _header_in(headers.get(off - TAR_BLOCK))
+        if found is None or found[1] != length or not _same_name(found[0], name):
+            what = "no tar header" if found is None else f"{found[0]!r} ({found[1]} bytes)"
+            raise ShardError(
+                f"index {redact(idx_path)} does not match shard {shown} (another tar's index, or an older "
+                f"copy's): it puts {name} ({length} bytes) at byte {off}, where the tar has {what}; recreate "
+                f"the index (`wds2idx {shown} {redact(idx_path)}`) or check the folder with "
+                f"{_verify_hint(tar_path)}")
     if size < end:
-        raise ShardError(f"shard {tar_path} is truncated ({size} bytes, its index needs {end}); "
+        raise ShardError(f"shard {shown} is truncated ({size} bytes, its index needs {end}); "
                          f"re-copy or rebuild it (python -m amd_fast.shard ... --overwrite)")
 
 
-def _header_at(f, offset: int) -> Optional[Tuple[str, int]]:
-    """(member name, size) of the tar header at ``offset``, or None if there is none."""
-    if offset < 0:
+def _header_in(block: Optional[bytes]) -> Optional[Tuple[str, int]]:
+    """(member name, size) of the tar header ``block``, or None if it is none."""
+    if block is None:
         return None
-    f.seek(offset)
     try:
-        info = tarfile.TarInfo.frombuf(f.read(TAR_BLOCK), "utf-8", "surrogateescape")
+        info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
     except tarfile.HeaderError:
         return None
     return info.name, info.size
@@ -160,11 +238,11 @@ def _same_name(header_name: str, name: str) -> bool:
 MAX_FRAME_SIDE = 1 << 16
 
 
-def read_clip_info(s: "Sample") -> ClipInfo:
-    """The sample's ``.clipinfo`` record, validated: frames, width, height and fps must be positive and the
-    sizes plausible, else a ShardError naming the tar and ``--verify`` (the loaders count such a sample as
-    unreadable and replace it, instead of planning a clip from garbage)."""
-    info = ClipInfo.unpack(read_member(s.tar, s.info))
+def read_clip_info(s: "Sample", raw: Optional[bytes] = None) -> ClipInfo:
+    """The sample's ``.clipinfo`` record (``raw``: its bytes, when already read), validated: frames, width,
+    height and fps must be positive and the sizes plausible, else a ShardError naming the tar and ``--verify``
+    (the loaders count such a sample as unreadable and replace it, instead of planning a clip from garbage)."""
+    info = ClipInfo.unpack(read_member(s.tar, s.info) if raw is None else raw)
     if not (info.frames > 0 and 0 < info.width <= MAX_FRAME_SIDE and 0 < info.height <= MAX_FRAME_SIDE
             and info.fps_milli > 0 and info.label >= 0):
         raise ShardError(f"shard {s.tar}: sample {s.key} has an impossible clip record (label {info.label}, "
@@ -174,38 +252,58 @@ def read_clip_info(s: "Sample") -> ClipInfo:
 
 
 def open_shards(shards: Union[str, Path, Sequence[Union[str, Path]]], split: str = "train") -> ShardSet:
-    """Resolve ``shards`` (manifest / folder / tar list), list and validate every sample."""
+    """Resolve ``shards`` (manifest / folder / tar list, local or URL), list and validate every sample."""
     if isinstance(shards, (list, tuple)):
-        manifest_path, tar_paths = None, [Path(t) for t in shards]
+        manifest_path, tar_paths = None, [t if is_url(t) else Path(remote.strip_file_scheme(str(t))) for t in shards]
     else:
         manifest_path, tar_paths = _manifest_for(shards, split)
+    for u in [manifest_path, *tar_paths]:
+        if remote.secrets_in(u):
+            raise ShardError(f"data.shards {redact(u)} carries {remote.secrets_in(u)}: credentials in a URL end up in "
+                             "config.yaml and logs; give them the backend's standard way (AWS_* variables, a "
+                             "profile, an instance role, GOOGLE_APPLICATION_CREDENTIALS) and drop them from the URL")
     manifest = None
-    idx_paths: List[Optional[Path]] = [None] * len(tar_paths)
+    idx_paths: List[Optional[Union[Path, str]]] = [None] * len(tar_paths)
     if manifest_path is not None:
         manifest = read_manifest(manifest_path)
+        shown = redact(manifest_path)
         if manifest["split"] != split:  # an explicit manifest wins, but never silently (train on val, eval on train)
             log.warning("data.shards %s is the manifest of split %r, read here as split %r; point data.shards at "
-                        "the shard folder to read each split's own manifest", manifest_path, manifest["split"], split)
-        root = manifest_path.parent
-        tar_paths = [root / s["tar"] for s in manifest["shards"]]
-        idx_paths = [root / s["index"] if s.get("index") else None for s in manifest["shards"]]
+                        "the shard folder to read each split's own manifest", shown, manifest["split"], split)
+        if is_url(manifest_path):
+            root = remote.parent(str(manifest_path))
+            tar_paths = [remote.join(root, s["tar"]) for s in manifest["shards"]]
+            idx_paths = [remote.join(root, s["index"]) if s.get("index") else None for s in manifest["shards"]]
+        else:
+            root = manifest_path.parent
+            tar_paths = [root / s["tar"] for s in manifest["shards"]]
+            idx_paths = [root / s["index"] if s.get("index") else None for s in manifest["shards"]]
     if not tar_paths:
-        raise ShardError(f"no shards listed for split {split!r} in {shards} (0 samples); rebuild it with "
+        raise ShardError(f"no shards listed for split {split!r} in {redact(shards)} (0 samples); rebuild it with "
                          "`python -m amd_fast.shard` (its <split>.failures.jsonl says why videos failed) or point "
                          "data.shards at another build")
 
+    if any(is_url(t) for t in tar_paths):
+        idxs = [idx or (str(tar)[:-len(".tar")] + ".idx" if str(tar).endswith(".tar") else str(tar) + ".idx")
+                for tar, idx in zip(tar_paths, idx_paths)]
+        checked = _open_remote_tars([str(t) for t in tar_paths], [str(i) for i in idxs])
+    else:
+        checked = []
+        for i, tar in enumerate(tar_paths):
+            idx = idx_paths[i] or tar.with_suffix(".idx")
+            if not tar.is_file():
+                raise ShardError(f"shard {tar} is missing; rebuild the shards (python -m amd_fast.shard ...)")
+            if idx.is_file():
+                index = _parse_index(idx, tar)
+            else:
+                # DALI needs an index file; we only read the headers here and tell the user.
+                raise ShardError(f"index {idx} of shard {tar} is missing; create it with `wds2idx {tar} {idx}` "
+                                 f"(or rebuild the shards)")
+            _check_tar(tar, index, idx)
+            checked.append((str(tar), str(idx), index))
+
     tars, indexes, samples, incomplete = [], [], [], []
-    for i, tar in enumerate(tar_paths):
-        idx = idx_paths[i] or tar.with_suffix(".idx")
-        if not tar.is_file():
-            raise ShardError(f"shard {tar} is missing; rebuild the shards (python -m amd_fast.shard ...)")
-        if idx.is_file():
-            index = _parse_index(idx, tar)
-        else:
-            # DALI needs an index file; we only read the headers here and tell the user.
-            raise ShardError(f"index {idx} of shard {tar} is missing; create it with `wds2idx {tar} {idx}` "
-                             f"(or rebuild the shards)")
-        _check_tar(tar, index, idx)
+    for tar, idx, index in checked:
         listing = _listing(index)
         n_before = len(samples)
         for key, members in listing:
@@ -213,17 +311,71 @@ def open_shards(shards: Union[str, Path, Sequence[Union[str, Path]]], split: str
             info = members.get(INFO_EXT)
             if video is None or info is None or info[1] != INFO_BYTES:
                 what = "video" if video is None else f"label/frame info (.{INFO_EXT})"
-                incomplete.append(f"{tar}:{key} (missing {what})")
+                incomplete.append(f"{redact(tar)}:{key} (missing {what})")
                 continue
-            samples.append(Sample(str(tar), key, video, info, members.get("json")))
+            samples.append(Sample(tar, key, video, info, members.get("json")))
         if len(samples) == n_before:
-            log.warning("shard %s has no complete sample", tar)
-        tars.append(str(tar))
-        indexes.append(str(idx))
+            log.warning("shard %s has no complete sample", redact(tar))
+        tars.append(tar)
+        indexes.append(idx)
     shard_set = ShardSet(tars, indexes, samples, manifest, incomplete)
     if manifest is None and samples:
         shard_set.codecs = check_one_build(shard_set)
     return shard_set
+
+
+def _open_remote_tars(tars: List[str], idxs: List[str]) -> List[Tuple[str, str, list]]:
+    """[(tar, idx, parsed index)] of URL tars, checked as :func:`_check_tar` does, in three batches of
+    concurrent requests (listings for the sizes, the indexes, the headers), not three round trips per tar."""
+    try:
+        sizes: Dict[str, int] = {}
+        for folder in dict.fromkeys(remote.parent(t) for t in tars):
+            sizes.update(remote.sizes_under(folder))
+        for t in tars:
+            if t not in sizes:  # not listed (no list permission, or a listing that lags): ask for it alone
+                sizes[t] = remote.size_of(t)
+    except remote.RemoteNotFound as e:
+        raise ShardError(f"shard {e.url} is missing; upload it again (or rebuild the shards with "
+                         "`python -m amd_fast.shard`) and fix the manifest's folder") from None
+    except remote.RemoteError as e:
+        raise ShardError(str(e)) from None
+    raw = remote.read_ranges([(i, None, None) for i in idxs], return_exceptions=True)
+    indexes = []
+    for tar, idx, data in zip(tars, idxs, raw):
+        if isinstance(data, remote.RemoteNotFound):
+            raise ShardError(f"index {redact(idx)} of shard {redact(tar)} is missing; create it with `wds2idx` "
+                             "next to the tar and upload it (or rebuild the shards)")
+        if isinstance(data, Exception):
+            raise ShardError(str(data))
+        indexes.append(_via_bytes(idx, tar, data))
+    wanted = [(t, off - TAR_BLOCK) for t, index in zip(tars, indexes) for off, length, _ in _header_checks(index)
+              if off >= TAR_BLOCK and off + length <= sizes[t]]
+    blocks = remote.read_ranges([(t, o, o + TAR_BLOCK) for t, o in wanted], return_exceptions=True)
+    headers: Dict[str, Dict[int, bytes]] = {t: {} for t in tars}
+    for (t, o), b in zip(wanted, blocks):
+        if isinstance(b, Exception):
+            raise ShardError(str(b))
+        headers[t][o] = b
+    out = []
+    for tar, idx, index in zip(tars, idxs, indexes):
+        _check_tar(tar, index, idx, sizes[tar], headers[tar])
+        remote.note_size(tar, sizes[tar])
+        out.append((tar, idx, index))
+    return out
+
+
+def _via_bytes(idx_url: str, tar_url: str, data: bytes):
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="amd-remote-") as tmp:
+        local = Path(tmp) / "index.idx"
+        local.write_bytes(data)
+        try:
+            return shard_format.read_index(local)
+        except (OSError, ValueError) as e:
+            msg = str(e).replace(str(local), redact(idx_url))
+            raise ShardError(f"cannot use index {redact(idx_url)}: {msg}; rebuild it with `wds2idx` next to "
+                             f"{redact(tar_url)} or rerun `python -m amd_fast.shard`, and upload it") from None
 
 
 # ---- manifest-less sets: do the tars come from one build? ---------------------------------------------------
@@ -254,35 +406,45 @@ def _tar_facts(tar: str, samples: Sequence[Sample]) -> _TarFacts:
     from .backend import normalize_codec
 
     facts = _TarFacts(tar)
-    with open(tar, "rb") as f:
-        for s in samples:
-            meta = None
-            if s.json is not None:
+    with_json = [s for s in samples if s.json is not None]
+    if is_url(tar):  # every json of the tar in one batch of concurrent ranged reads
+        raw = remote.read_ranges([(tar, s.json[0], s.json[0] + s.json[1]) for s in with_json])
+    else:
+        with open(tar, "rb") as f:
+            raw = []
+            for s in with_json:
                 f.seek(s.json[0])
-                try:
-                    meta = json.loads(f.read(s.json[1]))
-                except ValueError:
-                    meta = None
-            if not isinstance(meta, dict):
-                facts.codecs["unknown"] = facts.codecs.get("unknown", 0) + 1
-                continue
-            codec = normalize_codec(meta.get("codec", "unknown"))
-            facts.codecs[codec] = facts.codecs.get(codec, 0) + 1
+                raw.append(f.read(s.json[1]))
+    jsons = {id(s): r for s, r in zip(with_json, raw)}
+    for s in samples:
+        meta = None
+        if s.json is not None:
             try:
-                idx, name = int(meta["label_index"]), str(meta["label"])
-                side = min(int(meta["width"]), int(meta["height"]))
-            except (KeyError, TypeError, ValueError):
-                continue
-            facts.described += 1
-            facts.short_sides[side] = facts.short_sides.get(side, 0) + 1
-            if facts.labels.setdefault(idx, name) != name:
-                raise ShardError(f"shard {tar} itself gives class index {idx} two names ({facts.labels[idx]!r} and "
-                                 f"{name!r}); check it with {_verify_hint(tar)} and rebuild it")
+                meta = json.loads(jsons[id(s)])
+            except ValueError:
+                meta = None
+        if not isinstance(meta, dict):
+            facts.codecs["unknown"] = facts.codecs.get("unknown", 0) + 1
+            continue
+        codec = normalize_codec(meta.get("codec", "unknown"))
+        facts.codecs[codec] = facts.codecs.get(codec, 0) + 1
+        try:
+            idx, name = int(meta["label_index"]), str(meta["label"])
+            side = min(int(meta["width"]), int(meta["height"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+        facts.described += 1
+        facts.short_sides[side] = facts.short_sides.get(side, 0) + 1
+        if facts.labels.setdefault(idx, name) != name:
+            raise ShardError(f"shard {tar} itself gives class index {idx} two names ({facts.labels[idx]!r} and "
+                             f"{name!r}); check it with {_verify_hint(tar)} and rebuild it")
     return facts
 
 
 def _plan_of(tar: str) -> Tuple[Optional[Path], Optional[dict]]:
-    """The build plan (``<split>.plan.json``) beside a tar named ``<split>-NNNNNN.tar``, if any."""
+    """The build plan (``<split>.plan.json``) beside a tar named ``<split>-NNNNNN.tar``, if any (local tars)."""
+    if is_url(tar):
+        return None, None
     t = Path(tar)
     split = t.name.rsplit("-", 1)[0]
     path = t.parent / f"{split}.plan.json"
@@ -402,11 +564,69 @@ def epoch_order(num_samples: int, rank: int, world_size: int, epoch: int, seed: 
 
 
 def read_member(tar: str, where: Tuple[int, int]) -> bytes:
-    """The bytes of one member (``where`` = (data offset, size) from the index); ShardError if cut off."""
+    """The bytes of one member (``where`` = (data offset, size) from the index); ShardError if cut off. A URL
+    tar is read by one ranged GET (retried; a failure is an OSError, see ``remote``)."""
     off, size = where
-    with open(tar, "rb") as f:
-        f.seek(off)
-        data = f.read(size)
+    if is_url(tar):
+        data = remote.read_range(tar, off, off + size)
+    else:
+        with open(tar, "rb") as f:
+            f.seek(off)
+            data = f.read(size)
     if len(data) != size:
-        raise ShardError(f"shard {tar} is truncated at byte {off + len(data)}; rebuild it")
+        raise ShardError(f"shard {redact(tar)} is truncated at byte {off + len(data)}; rebuild it")
     return data
+
+
+def _span(s: Sample) -> Tuple[int, int]:
+    """(offset, size) of the bytes spanning the sample's clip record and video (adjacent in the tar)."""
+    lo = min(s.video[0], s.info[0])
+    hi = max(s.video[0] + s.video[1], s.info[0] + s.info[1])
+    return lo, hi - lo
+
+
+def _split_span(s: Sample, lo: int, span: bytes) -> Tuple[ClipInfo, bytes]:
+    if len(span) != max(s.video[0] + s.video[1], s.info[0] + s.info[1]) - lo:
+        raise ShardError(f"shard {redact(s.tar)} is truncated at byte {lo + len(span)}; rebuild it")
+    info = read_clip_info(s, span[s.info[0] - lo:s.info[0] - lo + s.info[1]])
+    return info, span[s.video[0] - lo:s.video[0] - lo + s.video[1]]
+
+
+def read_sample(s: Sample) -> Tuple[ClipInfo, bytes]:
+    """The sample's validated clip record and its encoded video, in one read: a sample's members are
+    adjacent in its tar, so one read (one ranged GET on object storage) spans both."""
+    lo, size = _span(s)
+    return _split_span(s, lo, read_member(s.tar, (lo, size)))
+
+
+# What reading a sample may raise; the loaders count such a sample as unreadable (``data.on_bad_sample``).
+# Remote failures are OSError subclasses (remote.RemoteError: not found, forbidden, unavailable after retries).
+READ_ERRORS = (OSError, ShardError, struct.error)
+
+
+def read_samples(samples: Sequence[Sample], concurrency: Optional[int] = None
+                 ) -> List[Union[Tuple[ClipInfo, bytes], Exception]]:
+    """:func:`read_sample` of each sample, in order; a sample that cannot be read gives its exception
+    (one of :data:`READ_ERRORS`: OSError, ShardError, struct.error) in its place, for the caller to count and
+    replace. The eager loader's workers call this once per batch. Samples of URL tars are fetched together,
+    ``concurrency`` ranged GETs in flight (default ``data.remote_concurrency``; local files ignore it)."""
+    out: List[Union[Tuple[ClipInfo, bytes], Exception, None]] = [None] * len(samples)
+    far = [k for k, s in enumerate(samples) if is_url(s.tar)]
+    if far:
+        spans = [_span(samples[k]) for k in far]
+        raw = remote.read_ranges([(samples[k].tar, lo, lo + n) for k, (lo, n) in zip(far, spans)],
+                                 concurrency=concurrency, return_exceptions=True)
+        for k, (lo, _), data in zip(far, spans, raw):
+            try:
+                if isinstance(data, Exception):
+                    raise data
+                out[k] = _split_span(samples[k], lo, data)
+            except READ_ERRORS as e:
+                out[k] = e
+    for k, s in enumerate(samples):
+        if out[k] is None:
+            try:
+                out[k] = read_sample(s)
+            except READ_ERRORS as e:
+                out[k] = e
+    return out  # type: ignore[return-value]

@@ -26,7 +26,13 @@ weights raise ``CheckpointImportError`` (a ``ValueError``) naming them. A missin
 is reported, not fatal: fine-tuned VideoMAE checkpoints with mean pooling have ``fc_norm`` instead.
 
 ``export_encoder`` writes ``{'model': state}`` in VideoMAE's fine-tuning names (``q_bias`` /
-``v_bias``, ``gamma_*``), which VideoMAE's / AMD's ``run_class_finetuning.py`` loads.
+``v_bias``, ``gamma_*``), which VideoMAE's / AMD's ``run_class_finetuning.py`` loads;
+``export_encoder_safetensors`` the same tensors as safetensors (training writes both).
+
+Besides ``torch.save`` files, ``load_pretrained`` reads ``.safetensors`` files (with ``safetensors``, no pickle)
+and Hugging Face ``transformers`` VideoMAE folders (``config.json`` + weights): ``models.hf_videomae`` renames
+their tensors to the VideoMAE names above and checks their ``config.json`` against the model first; the same
+report (missing / unexpected / skipped) follows.
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ import torch
 import torch.nn as nn
 
 from amd_fast.errors import InputError
+from amd_fast.models import hf_videomae
 from amd_fast.serialization import atomic_save, load_file
 from amd_fast.models.unwrap import unwrap
 from amd_fast.models.vit import get_sinusoid_encoding_table
@@ -96,20 +103,32 @@ def _read(path_or_state: Union[str, os.PathLike, Mapping]) -> Mapping:
     if isinstance(path_or_state, Mapping):
         return path_or_state
     path = Path(path_or_state)
-    if path.is_dir():
-        found = sorted(str(p.relative_to(path)) for pattern in ("*.pth", "*.pt", "checkpoints/*.pth")
+    if path.is_dir():  # (a transformers folder, with config.json, never gets here: see load_pretrained)
+        found = sorted(str(p.relative_to(path)) for pattern in ("*.pth", "*.pt", "*.safetensors", "checkpoints/*.pth")
                        for p in path.glob(pattern))[:4]
-        raise CheckpointImportError(f"checkpoint {str(path)!r} is a folder, not a file; point at the weights file "
+        raise CheckpointImportError(f"checkpoint {str(path)!r} is a folder, not a file, nor a transformers VideoMAE "
+                                    "folder (no config.json); point at the weights file "
                                     f"itself{' (it holds ' + ', '.join(found) + ')' if found else ''}, e.g. "
                                     "<run>/checkpoints/encoder.pth or a step-*.pt")
     if not path.is_file():
         raise CheckpointImportError(f"checkpoint {str(path)!r} does not exist; "
                                     "check the path given (model.pretrained, model.teacher_checkpoint or probe's --weights)")
+    if path.suffix == ".safetensors":  # e.g. our encoder.safetensors: read without pickle
+        return _read_safetensors(path)
     # weights_only=True with an allowlist for what release checkpoints carry (their argparse args)
     ckpt = load_file(path, CheckpointImportError, "checkpoint")
     if not isinstance(ckpt, Mapping):
         raise CheckpointImportError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a dict of weights")
     return ckpt
+
+
+def _read_safetensors(path: Path) -> Dict[str, torch.Tensor]:
+    st = hf_videomae.require("safetensors.torch")
+    try:
+        return st.load_file(str(path), device="cpu")
+    except Exception as e:  # safetensors' own SafetensorError on a damaged header or a foreign file
+        raise CheckpointImportError(f"checkpoint {path} cannot be read as safetensors ({type(e).__name__}: "
+                                    f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
 
 
 def _find_state(ckpt: Mapping) -> Dict[str, torch.Tensor]:
@@ -187,7 +206,13 @@ def load_pretrained(model: nn.Module, path_or_state, *, strict_encoder: bool = T
     if early_exit is None:
         early_exit = bool(getattr(model, "early_exit", False))
     source = _source(path_or_state)
-    ckpt = _read(path_or_state)
+    folder = None
+    if hf_videomae.is_folder(path_or_state):  # a transformers VideoMAE folder: its config must be the run's model
+        folder = hf_videomae.read_folder(path_or_state)
+        hf_videomae.check_architecture(folder.config, model, source, hf_videomae.takes_head(model, folder.state))
+        ckpt = folder.state
+    else:
+        ckpt = _read(path_or_state)
     mapped, unexpected, skipped, extras = _to_ours(_find_state(ckpt))
     ours = {k: v for k, v in encoder.state_dict().items() if k != "pos_embed"}  # (a loaded learned table)
     depth = len(encoder.blocks)
@@ -248,6 +273,8 @@ def load_pretrained(model: nn.Module, path_or_state, *, strict_encoder: bool = T
         with torch.no_grad():
             target.copy_(v)
         loaded.append(k)
+    if folder is not None:  # transformers' layer-norm eps, so the features are the folder's exactly
+        hf_videomae.apply_layer_norm_eps(model, folder.config, fc_norm_loaded="fc_norm.weight" in taken)
     report = LoadReport(missing, sorted(unexpected), loaded, sorted(skipped))
     log.info("load_pretrained: %d tensors loaded, %d missing %s, %d unexpected %s, %d skipped (pos tables, "
              "classifier, blocks past early exit)", len(report.loaded), len(missing), missing[:6],
@@ -328,4 +355,36 @@ def export_encoder(student: nn.Module, path: Union[str, os.PathLike]) -> Path:
     """Save ``{'model': encoder state}`` in VideoMAE fine-tuning names; written atomically (temp file + rename)."""
     path = atomic_save({"model": encoder_state_videomae(student)}, Path(path))
     log.info("exported encoder (%s names) to %s", "VideoMAE fine-tune", path)
+    return path
+
+
+def encoder_geometry(model: nn.Module) -> Dict[str, str]:
+    """What an encoder's weights do not say about it (arch name, clip shape), as text metadata."""
+    model = unwrap(model)
+    encoder = getattr(model, "encoder", model)
+    t, p, _ = encoder.patch_embed.proj.kernel_size
+    arch = getattr(getattr(model, "cfg", None), "student", None) or getattr(getattr(model, "cfg", None), "arch", None)
+    meta = {**({"arch": arch} if arch else {}), "input_size": encoder.patch_embed.input_size,
+            "num_frames": encoder.patch_embed.num_frames, "patch_size": p, "tubelet_size": t, "heads": encoder.arch.heads}
+    return {k: str(v) for k, v in meta.items()}
+
+
+def export_encoder_safetensors(student: nn.Module, path: Union[str, os.PathLike]) -> Optional[Path]:
+    """The weights of :func:`export_encoder` as safetensors (read without pickle, by ``load_pretrained`` too), with
+    :func:`encoder_geometry` in its metadata; atomic (temp file + rename). None, logged, without ``safetensors``."""
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        log.warning("%s not written: the safetensors package is missing (pip install amd_fast[hf])", Path(path).name)
+        return None
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file({k: v.contiguous() for k, v in encoder_state_videomae(student).items()}, str(tmp),
+                  metadata={"format": "pt", "amd_fast": "encoder (VideoMAE fine-tuning names)",
+                            **encoder_geometry(student)})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("exported encoder (safetensors) to %s", path)
     return path

@@ -7,6 +7,7 @@ Examples::
     python -m amd_fast.shard --src kinetics400 --root /data/k400 --preset nvdec --workers 32   # for GPU training
     python -m amd_fast.shard --src ssv2 --root /data/ssv2 --codec vp9 --short-side 224 --gop 8 --workers 16
     python -m amd_fast.shard --src kinetics400 --root /data/k400 --verify   # re-check what was built
+    python -m amd_fast.shard --src kinetics400 --root /data/k400 --preset cpu --distributor ray --ray-address auto --out s3://bucket/k400   # on a Ray cluster, into a bucket
 
 Exit codes: 0 ok, 1 the build failed (too many failed videos, disk full) or --verify found problems,
 2 bad input (options, dataset layout, a folder another run is writing), 130 interrupted (rerun the
@@ -23,7 +24,7 @@ from typing import Optional
 from amd_fast.errors import InputError, RunFailed, run_cli
 
 from .build import build_shards_report
-from .options import CODECS, DEFAULT_CLIP_SPAN, PRESETS, SOURCES, ShardOptions
+from .options import CODECS, DEFAULT_CLIP_SPAN, DISTRIBUTORS, PRESETS, SOURCES, ShardOptions
 from .synthetic import CONTENTS
 from .verify import verify_shards
 
@@ -50,7 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--classes", dest="classes_file", type=Path,
                    help="kinetics400/csv: text file, one class name per line (index = line); overrides the "
                         "layout's own list")
-    p.add_argument("--out", type=Path, help="output folder (default: shards/<src>)")
+    p.add_argument("--out", help="output folder, or an fsspec URL such as s3://bucket/prefix (each tar is staged on "
+                   "local disk and uploaded whole, the manifest last) (default: shards/<src>)")
     p.add_argument("--splits", help="comma-separated splits (default: train,val; ucf101/hmdb51: train,test; csv/folder: "
                    "train). Case-insensitive: 'Train' rows or a 'Train/' folder belong to split train; files are "
                    "named in lowercase")
@@ -60,6 +62,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2,
                    help="encoder processes, capped at this machine's CPU cores and the number of videos (logged); "
                         "0 = in this process (default: 2)")
+    p.add_argument("--distributor", choices=DISTRIBUTORS, default="local",
+                   help="local: a process pool on this machine (default); ray: shard-sized tasks on a Ray cluster "
+                        "(pip install 'amd_fast[ray]'; README 'Building shards on a Ray cluster')")
+    p.add_argument("--ray-address", help="--distributor ray: an existing cluster ('auto' after `ray start` on this "
+                   "node, or host:port); default: start a local one for the build with --workers CPUs")
+    p.add_argument("--max-task-retries", type=int, default=3,
+                   help="--distributor ray: run a shard task again this many times when its worker or node dies "
+                        "(default: 3)")
+    p.add_argument("--video-timeout-s", type=float, default=600.0,
+                   help="stop a video's transcode after this many seconds and log it as failed (a file that hangs "
+                        "the decoder); 0 = no limit (default: 600)")
     p.add_argument("--codec", choices=CODECS, help="default: vp9 for synthetic, copy for real datasets")
     p.add_argument("--short-side", type=int,
                    help="resize so the short side is this, an even number in 16..4096 (re-encoding codecs)")
@@ -101,7 +114,9 @@ def options_from_args(a: argparse.Namespace) -> ShardOptions:
         max_failures=a.max_failures, verify=a.verify, progress=not a.no_progress, preset=a.preset,
         clip_span=a.clip_span, synthetic_count=a.synthetic_count, synthetic_frames=a.synthetic_frames,
         synthetic_size=a.synthetic_size, synthetic_classes=a.synthetic_classes,
-        synthetic_content=a.synthetic_content, synthetic_min_frames=a.synthetic_min_frames)
+        synthetic_content=a.synthetic_content, synthetic_min_frames=a.synthetic_min_frames,
+        distributor=a.distributor, ray_address=a.ray_address, max_task_retries=a.max_task_retries,
+        video_timeout_s=a.video_timeout_s)
 
 
 def _summary(report) -> str:
@@ -109,7 +124,8 @@ def _summary(report) -> str:
     ok = failed = encoded = 0
     for split, s in report.splits.items():
         lines.append(f"  {split:>6}: {s.videos_ok} videos ok, {s.videos_failed} failed, {s.shards} shards "
-                     f"({s.shards_kept} kept from a previous run), {s.bytes / 1e6:.1f} MB")
+                     f"({s.shards_kept} kept from a previous run), {s.bytes / 1e6:.1f} MB"
+                     + (f"; {s.retried} shard task(s) retried after a worker or node died" if s.retried else ""))
         ok, failed, encoded = ok + s.videos_ok, failed + s.videos_failed, encoded + s.encoded
     rate = encoded / report.wall_s if report.wall_s > 0 else 0.0
     lines.append(f"  total: {ok} ok, {failed} failed; {encoded} videos processed in {report.wall_s:.1f} s "
@@ -130,6 +146,9 @@ def verify_only(out: Optional[Path]) -> int:
     folder without manifests is bad input, never a place to build synthetic shards in."""
     if out is None:
         raise InputError("--verify without --src needs --out: the shard folder to check")
+    if "://" in str(out):
+        raise InputError(f"--verify --out {out}: --verify reads a local folder; copy the shards down first")
+    out = Path(out)
     if not out.is_dir() or not any(out.glob("*.manifest.json")):
         raise InputError(f"--verify --out {out}: no <split>.manifest.json there, so nothing to check; point --out at "
                          "a shard folder, or add --src ... to build (and then check) shards there")

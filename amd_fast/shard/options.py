@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 from amd_fast.errors import InputError
 
+from . import storage
 from .synthetic import CONTENTS, SyntheticSpec
 
 class ShardOptionsError(InputError):
@@ -19,6 +20,7 @@ class ShardOptionsError(InputError):
 
 SOURCES = ("synthetic", "kinetics400", "ssv2", "ucf101", "hmdb51", "csv", "folder")
 CODECS = ("copy", "h264", "vp9", "mjpeg")
+DISTRIBUTORS = ("local", "ray")
 
 # Splits built when --splits is not given. UCF101/HMDB51 ship train/test only.
 DEFAULT_SPLITS = {
@@ -103,7 +105,7 @@ class ShardOptions:
     root: Optional[Path] = None
     list_file: Optional[Path] = None
     classes_file: Optional[Path] = None
-    out: Optional[Path] = None
+    out: "Optional[Path | str]" = None  # a folder, or an fsspec URL (s3://bucket/prefix)
     splits: Optional[Sequence[str]] = None
     samples_per_shard: int = 256
     shard_bytes: Optional[int] = None
@@ -126,6 +128,12 @@ class ShardOptions:
     synthetic_classes: int = 4
     synthetic_content: str = "shapes"
     synthetic_min_frames: Optional[int] = None
+    # How the build runs (none of these change the bytes): see amd_fast/shard/ray_build.py.
+    distributor: str = "local"  # local: a process pool on this machine; ray: shard-sized tasks on a Ray cluster
+    ray_address: Optional[str] = None  # "auto" / "host:port": an existing cluster; None: start one for the build
+    max_task_retries: int = 3  # Ray: a shard task whose worker or node died is run again this many times
+    video_timeout_s: float = 600.0  # one video's transcode is stopped (and logged as failed) after this; 0 = never
+    out_url: Optional[str] = None  # set by resolved() when --out is a URL; ``out`` is then the local staging folder
 
     def resolved(self) -> "ShardOptions":
         """A validated copy with defaults filled in (codec, out, splits, absolute paths)."""
@@ -162,6 +170,13 @@ class ShardOptions:
             raise ShardOptionsError(f"{what}: that needs re-encoding, but --codec copy keeps the "
                                     f"source bytes; {fix}")
         o.splits = _split_names(o.splits) if o.splits is not None else DEFAULT_SPLITS[o.src]
+        if storage.is_url(o.out):  # object storage: build in a local staging folder, upload (storage.py)
+            o.out_url = str(o.out).rstrip("/")
+            storage.filesystem(o.out_url)  # a missing backend (s3fs, gcsfs) is refused before any work
+            o.out = storage.stage_dir_for(o.out_url)
+            if o.verify:
+                raise ShardOptionsError(f"--verify reads the shards from a local folder; build to {o.out_url} "
+                                        "without --verify, then verify a local copy (or build to a folder)")
         o.out = Path(o.out).expanduser() if o.out is not None else Path("shards") / o.src
         _check_out(o.out)
         for name, flag in (("root", "--root"), ("list_file", "--list"), ("classes_file", "--classes")):
@@ -188,6 +203,19 @@ class ShardOptions:
         if o.workers < 0:
             raise ShardOptionsError(f"--workers {o.workers}: give the number of encoder processes (>= 1), or 0 to "
                                     "encode in this process")
+        if o.distributor not in DISTRIBUTORS:
+            raise ShardOptionsError(f"unknown --distributor {o.distributor!r}; choose one of {', '.join(DISTRIBUTORS)}")
+        if o.distributor == "ray":
+            try:
+                import ray  # noqa: F401
+            except ImportError:
+                raise ShardOptionsError("--distributor ray needs Ray: pip install 'amd_fast[ray]'") from None
+        elif o.ray_address is not None:
+            raise ShardOptionsError("--ray-address is used by --distributor ray only; add --distributor ray or drop it")
+        if o.max_task_retries < 0:
+            raise ShardOptionsError("--max-task-retries must be >= 0")
+        if not o.video_timeout_s >= 0:
+            raise ShardOptionsError("--video-timeout-s must be >= 0 seconds (0: no limit)")
         if o.samples_per_shard < 1:
             raise ShardOptionsError("--samples-per-shard must be >= 1")
         if o.shard_bytes is not None and o.shard_bytes < 1:

@@ -59,16 +59,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def tmp_path(path: Path) -> Path:
-    return path.with_name(path.name + ".tmp")
+def tmp_path(path: Path, tag: str = "") -> Path:
+    """``<name>.tmp``, or ``<name>.<tag>.tmp``: a retried Ray task writes under its own tag, so an attempt that
+    is still dying can never rename its half of a file over the retry's."""
+    return path.with_name(f"{path.name}.{tag}.tmp" if tag else path.name + ".tmp")
 
 
 class ShardWriter:
     """Collects samples into one tar; :meth:`close` publishes tar + idx, :meth:`abort` drops them."""
 
-    def __init__(self, tar_path: Path, idx_path: Path):
-        self.tar_path, self.idx_path = tar_path, idx_path
-        self._raw = open(tmp_path(tar_path), "wb")
+    def __init__(self, tar_path: Path, idx_path: Path, tmp_tag: str = ""):
+        self.tar_path, self.idx_path, self._tag = tar_path, idx_path, tmp_tag
+        self._raw = open(tmp_path(tar_path, tmp_tag), "wb")
         self._out = _HashingFile(self._raw)
         self._tar = tarfile.open(fileobj=self._out, mode="w", format=tarfile.USTAR_FORMAT)
         self._lines: List[str] = []
@@ -99,12 +101,12 @@ class ShardWriter:
             self._raw.flush()
             os.fsync(self._raw.fileno())
             self._raw.close()
-            idx_tmp = tmp_path(self.idx_path)
+            idx_tmp = tmp_path(self.idx_path, self._tag)
             with open(idx_tmp, "w") as f:
                 f.write(index_text(self._lines))
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp_path(self.tar_path), self.tar_path)
+            os.replace(tmp_path(self.tar_path, self._tag), self.tar_path)
             tar_published = True
             os.replace(idx_tmp, self.idx_path)
             idx_published = True
@@ -120,8 +122,8 @@ class ShardWriter:
         try:
             self._raw.close()
         finally:
-            tmp_path(self.tar_path).unlink(missing_ok=True)
-            tmp_path(self.idx_path).unlink(missing_ok=True)
+            tmp_path(self.tar_path, self._tag).unlink(missing_ok=True)
+            tmp_path(self.idx_path, self._tag).unlink(missing_ok=True)
 
 
 def file_sha256(path: Path) -> str:

@@ -381,6 +381,7 @@ class TrainerBase:
         vote = StopVote(info)
         interrupted = None
         run_bad: Dict[str, int] = {}
+        self.run_remote_errors: Dict[str, int] = {}  # transient object-storage errors this run, by kind
         start_step, t_train = self.global_step, time.perf_counter()
         self.model.train()
         try:
@@ -429,7 +430,9 @@ class TrainerBase:
             if run_bad:
                 log.warning("bad samples skipped in this run: %s", _fmt_counts(run_bad))
             telemetry.event("run_end", self.global_step, interrupted=interrupted is not None,
-                            bad_samples=run_bad, bad_samples_total=sum(run_bad.values()))
+                            bad_samples=run_bad, bad_samples_total=sum(run_bad.values()),
+                            remote_errors=self.run_remote_errors,
+                            remote_errors_total=sum(self.run_remote_errors.values()))
         finally:
             stop.restore()
             telemetry.close()
@@ -441,17 +444,28 @@ class TrainerBase:
 
     def _report_bad_samples(self, telemetry: Telemetry, run_bad: Dict[str, int], epoch_done: bool) -> None:
         """Per-epoch totals by reason over all ranks: logged and written to metrics.jsonl."""
+        from amd_fast.data import remote
+
         counts = self.loader.bad.take_epoch()
         totals: Dict[str, int] = {}
-        for rank_counts in gather_to_main(counts, self.info) or []:
+        retried: Dict[str, int] = {}  # transient object-storage errors (retried), by kind
+        for rank_counts, rank_retried in gather_to_main((counts, remote.take_epoch()), self.info) or []:
             for reason, n in rank_counts.items():
                 totals[reason] = totals.get(reason, 0) + n
+            for kind, n in rank_retried.items():
+                retried[kind] = retried.get(kind, 0) + n
         if not self.info.is_main:
             return
         for reason, n in totals.items():
             run_bad[reason] = run_bad.get(reason, 0) + n
+        for kind, n in retried.items():
+            self.run_remote_errors[kind] = self.run_remote_errors.get(kind, 0) + n
         telemetry.event("epoch_end" if epoch_done else "epoch_partial", self.global_step, epoch=self.epoch,
-                        bad_samples=totals, bad_samples_total=sum(totals.values()))
+                        bad_samples=totals, bad_samples_total=sum(totals.values()),
+                        remote_errors=retried, remote_errors_total=sum(retried.values()))
+        if retried:
+            log.warning("epoch %d: %d transient object-storage error(s) retried: %s", self.epoch,
+                        sum(retried.values()), _fmt_counts(retried))
         if totals:
             log.warning("epoch %d: %d bad sample(s) skipped: %s", self.epoch, sum(totals.values()),
                         _fmt_counts(totals))

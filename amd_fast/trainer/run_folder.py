@@ -40,7 +40,7 @@ MARKER = "run.json"
 REPLACED = "replaced"
 # What a run writes into log.dir (checkpoints/ only when checkpoint.dir is the default inside it).
 LOG_FILES = (MARKER, "config.yaml", "metrics.jsonl", "tb", "eval")
-_CKPT_FILE = re.compile(r"^(step-\d+\.pt|encoder\.pth|rank\d+-nonfinite-step-\d+\.pt)$")
+_CKPT_FILE = re.compile(r"^(step-\d+\.pt|encoder\.(pth|safetensors)|rank\d+-nonfinite-step-\d+\.pt)$")
 
 
 class RunFolderError(InputError):

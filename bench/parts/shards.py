@@ -74,7 +74,7 @@ def loader_sets(args, device: torch.device) -> dict:
         return {"yours": Path(args.shards)}
     if args.quick:
         return {"vp9": quick()}
-    codecs = ("h264", "vp9") if device.type == "cuda" else ("vp9",)
+    codecs = ("h264", "vp9")  # H.264 on CPU too: the eager loader and the peers decode it (DALI-CPU cannot)
     return {c: realistic(c, args.loader_videos or 24) for c in codecs}
 
 
