@@ -61,6 +61,11 @@ class ClipDataset(torch.utils.data.Dataset):
         self.device = device  # where torchcodec decodes when the loader runs in the main process
         self._decode = None
         self._buffer_device = "cpu"
+        # per process, filled after the fork: the worker's ring of batch buffers, its read-ahead thread and read
+        self._ring: List[torch.Tensor] = []
+        self._slot = 0
+        self._reader: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._pending: dict = {}
 
     def __len__(self):
         return len(self.samples)
@@ -77,7 +82,7 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def _batch_buffer(self, n: int) -> torch.Tensor:
         """(n * num_sample, T, S, S, 3) uint8 for the batch. In a DataLoader worker it is one of a ring of
-        ``RING`` shared-memory buffers the worker reuses, so the decoders write the crops straight into what
+        ``prefetch + 1`` shared-memory buffers the worker reuses, so the decoders write the crops straight into what
         the main process maps: no collation copy, no copy into shared memory when it is sent, and no fresh
         shared memory per batch (measured: creating and first touching 38 MB of it cost ~2 ms of CPU per clip,
         a fifth of the loader's). Reuse is safe because the main process copies every batch out before it asks
@@ -91,9 +96,8 @@ class ClipDataset(torch.utils.data.Dataset):
             return torch.empty((n * ns,) + shape[1:], dtype=torch.uint8, device=self._buffer_device)
         if torch.utils.data.get_worker_info() is None:
             return torch.empty((n * ns,) + shape[1:], dtype=torch.uint8)
-        ring = self.__dict__.setdefault("_ring", [])
-        slot = self.__dict__.get("_slot", 0)
-        self._slot = slot + 1
+        ring, slot = self._ring, self._slot
+        self._slot += 1
         if len(ring) < cfg.prefetch + 1:
             storage = torch.empty(0, dtype=torch.uint8)._typed_storage()._new_shared(int(np.prod(shape)))
             ring.append(torch.empty(0, dtype=torch.uint8).new(storage).view(shape))
@@ -146,10 +150,10 @@ class ClipDataset(torch.utils.data.Dataset):
     def _read_batch(self, items: Sequence[Tuple[int, int, int]], ahead: Optional[Sequence] = None) -> list:
         """The batch's samples (from the read started one batch earlier, when there was one); with ``ahead``,
         starts reading those items in this process's read-ahead thread. At most one batch is read ahead."""
-        pending = self.__dict__.setdefault("_pending", {})
+        pending = self._pending
         future = pending.pop(tuple(items), None)
         if ahead:
-            if "_reader" not in self.__dict__:  # per process (after the fork), one thread
+            if self._reader is None:  # per process (after the fork), one thread
                 self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="read-ahead")
             pending.clear()  # a stale read-ahead (the epoch was cut short) is not kept
             pending[tuple(ahead)] = self._reader.submit(

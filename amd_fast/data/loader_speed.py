@@ -20,7 +20,7 @@ import os
 import resource
 import tempfile
 import time
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, Iterator, Optional, Sequence
 
 import torch
 
@@ -71,7 +71,6 @@ def measure_clips_per_s(cfg: DataConfig, *, batches: int = 20, warmup: int = 3, 
                         world_size: int = 1) -> Dict[str, float]:
     """Throughput and CPU cost of ``build_loader(cfg)``; cycles epochs when ``warmup + batches`` exceeds one."""
     loader = build_loader(cfg, rank, world_size)
-    device = cfg.resolved_device()
 
     def stream():
         epoch = 0
@@ -80,7 +79,15 @@ def measure_clips_per_s(cfg: DataConfig, *, batches: int = 20, warmup: int = 3, 
             yield from loader
             epoch += 1
 
-    it = stream()
+    out = measure_stream(stream(), cfg, batches=batches, warmup=warmup, clips_of=lambda b: b["video"].shape[0])
+    return {"backend": loader.backend, **out, "bad_samples": sum(loader.bad_samples.values())}
+
+
+def measure_stream(it: Iterator, cfg: DataConfig, *, batches: int, warmup: int, clips_of: Callable) -> Dict[str, float]:
+    """Time ``batches`` batches of ``it`` after ``warmup`` untimed ones (start-up, first decodes): clips/s, the
+    CPU time of the whole process tree and of this process alone per clip, the wait per batch. Also what the
+    bench times the peers' own loaders with (``bench/parts/peers.py``)."""
+    device = cfg.resolved_device()
     t_build = time.perf_counter()
     for _ in range(warmup):
         next(it)
@@ -93,12 +100,11 @@ def measure_clips_per_s(cfg: DataConfig, *, batches: int = 20, warmup: int = 3, 
         b = next(it)
         _sync(device)
         wait += time.perf_counter() - tw
-        clips += b["video"].shape[0]
+        clips += clips_of(b)
     elapsed = time.perf_counter() - t0
     cpu = process_tree_cpu_seconds() - cpu0
     main_cpu = _proc_cpu(os.getpid()) - main0  # the training process's own share (receive, transfer, normalize)
     return {
-        "backend": loader.backend,
         "clips_per_s": clips / elapsed,
         "videos_per_s": clips / cfg.num_sample / elapsed,
         "cpu_s_per_clip": cpu / clips,
@@ -108,7 +114,6 @@ def measure_clips_per_s(cfg: DataConfig, *, batches: int = 20, warmup: int = 3, 
         "warmup_s": t0 - t_build,
         "batches": batches,
         "clips": clips,
-        "bad_samples": sum(loader.bad_samples.values()),
     }
 
 

@@ -72,7 +72,7 @@ def model_card(exportable, hf_class: str, classes: Optional[Sequence[str]]) -> s
     result = run_eval(exportable.run_dir) if exportable.kind == "finetune" else None
     if result and "top1" in result:
         s = result.get("settings") or {}
-        lines += [f"Measured by `python -m amd_fast.finetune --eval` (`eval/test.json` of the run):", "",
+        lines += ["Measured by `python -m amd_fast.finetune --eval` (`eval/test.json` of the run):", "",
                   "| split | videos | views (segments x crops) | top-1 | top-5 | top-1, one view |",
                   "|---|---|---|---|---|---|",
                   f"| {s.get('split', '?')} | {result.get('videos', '?')} | {result.get('views', '?')} "

@@ -32,7 +32,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Dict, List, Mapping, NamedTuple, Tuple
 
 import torch
 import torch.nn as nn

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import time
 from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
@@ -179,33 +177,16 @@ def measure_clips_per_s(name: str, cfg, *, batches_: int, warmup: int, workers: 
     """Like :func:`amd_fast.data.loader_speed.measure_clips_per_s`, for peer ``name``: ``warmup`` batches (worker
     or thread-pool start, first decodes) excluded, then ``batches_`` timed; CPU time of the whole process tree
     and of this process alone, per delivered clip."""
-    from amd_fast.data.loader_speed import _proc_cpu, _sync, process_tree_cpu_seconds
+    from amd_fast.data.loader_speed import measure_stream
 
-    device = cfg.resolved_device()
-    it = batches(name, cfg, warmup + batches_, workers)
-    t_build = time.perf_counter()
+    # a stream longer than what is timed (as our loader's endless one): a peer whose pipeline runs ahead (SPDL's
+    # sink buffer, DataLoader prefetch) must still be working inside the timed window; closed below
+    it = batches(name, cfg, 2 * (warmup + batches_) + 8, workers)
     try:
-        for _ in range(warmup):
-            next(it)
-        _sync(device)
-        clips, wait = 0, 0.0
-        main0 = _proc_cpu(os.getpid())
-        cpu0, t0 = process_tree_cpu_seconds(), time.perf_counter()
-        for _ in range(batches_):
-            tw = time.perf_counter()
-            b = next(it)
-            _sync(device)
-            wait += time.perf_counter() - tw
-            clips += b.shape[0]
-        elapsed = time.perf_counter() - t0
-        cpu = process_tree_cpu_seconds() - cpu0
-        main_cpu = _proc_cpu(os.getpid()) - main0
+        out = measure_stream(it, cfg, batches=batches_, warmup=warmup, clips_of=lambda b: b.shape[0])
     finally:
         it.close()  # stops the DataLoader's workers / SPDL's pipeline before the next measurement
-    return {"backend": name, "clips_per_s": clips / elapsed, "videos_per_s": clips / cfg.num_sample / elapsed,
-            "cpu_s_per_clip": cpu / clips, "cpu_cores_busy": cpu / elapsed, "main_cpu_s_per_clip": main_cpu / clips,
-            "data_wait_ms_per_batch": 1000 * wait / batches_, "warmup_s": t0 - t_build, "batches": batches_,
-            "clips": clips, "bad_samples": 0}
+    return {"backend": name, **out, "bad_samples": 0}
 
 
 def first_batch(name: str, cfg, workers: int = 0) -> torch.Tensor:
