@@ -343,7 +343,12 @@ class TrainerBase:
     # ---- the loop ---------------------------------------------------------------------------------
     def fit(self) -> FitResult:
         try:
-            return self._fit()
+            result = self._fit()
+            if self.info.distributed:
+                # leave together: a rank that destroys the process group while a peer still talks to it (rank 0
+                # writing the last checkpoint) can abort in Gloo ("terminate called without an active exception")
+                torch.distributed.barrier()
+            return result
         except RuntimeError as e:
             if self.info.distributed and is_timeout(e):
                 raise timeout_error(e, f"a collective at step {self.global_step + 1}", self.info) from None
