@@ -58,9 +58,9 @@ class DataConfig:
       on a machine without CUDA always the eager loader (its one-pass PyAV path costs less CPU per clip than
       DALI's CPU decoder); ``dali`` / ``eager`` force one. The log says which and why.
     - ``num_workers``: eager DataLoader worker processes; ``eager_decoder``: the eager loader's video
-      decoder (``pyav``, or the peers ``torchcodec`` / ``decord``, see ``data.decoders``; a peer that cannot
-      decode on this machine, e.g. torchcodec without FFmpeg's shared libraries, is refused when the loader
-      is built).
+      decoder (``pyav``, or the peers ``torchcodec`` / ``decord`` / ``spdl``, see ``data.decoders``; a peer
+      that cannot decode on this machine, e.g. torchcodec without FFmpeg's shared libraries, is refused when
+      the loader is built).
     - ``dali_pipelines``: DALI pipelines per rank (an int, or ``auto``: 1 on CPU, one per NVDEC engine the
       rank has on CUDA, see ``dali_pipeline.auto_pipelines``); ``dali_threads``: CPU threads per pipeline.
       ``num_workers`` (eager) or an explicit ``dali_pipelines`` (DALI) above twice the CPU cores a rank has
