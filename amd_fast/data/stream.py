@@ -119,6 +119,10 @@ class LoaderStateMixin:
         if epoch != self.state.epoch:
             self.state.epoch, self.state.batch = int(epoch), 0
 
+    def close(self) -> None:
+        """Release what the loader keeps between epochs (the eager loader's worker processes); a later
+        iteration starts it again."""
+
     def state_dict(self):
         return {**self.state.state_dict(), "backend": self.backend}
 

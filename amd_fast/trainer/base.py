@@ -441,9 +441,7 @@ class TrainerBase:
         finally:
             stop.restore()
             telemetry.close()
-            close = getattr(self.loader, "close", None)  # the eager loader keeps its workers between epochs
-            if close is not None:
-                close()
+            self.loader.close()  # the eager loader keeps its workers between epochs
         return FitResult(step=self.global_step, epoch=self.epoch, interrupted=interrupted is not None,
                          resumed_from=str(resumed) if resumed else None, log_dir=str(self.log_dir),
                          checkpoint_dir=str(self.ckpt_dir), metrics=str(telemetry.path), last=telemetry.last,
