@@ -213,6 +213,10 @@ class RayRunner:
                     log.warning("%s: no video finished in the last %.0f s; %d shard task(s) still queued or running "
                                 "(`ray status` shows the cluster; --video-timeout-s stops a hung video)", split,
                                 now - last_video, len(self.pending))
+            # a retry that started and finished within one poll left its "started" event undrained
+            for kind, event_split, n, what, _ in ray.get(self.board.drain.remote()):
+                if kind == "started" and event_split == split:
+                    attempts[n] = attempts.get(n, 0) + 1
         finally:
             bar.close()
             stats.retried += sum(n - 1 for n in attempts.values() if n > 1)
