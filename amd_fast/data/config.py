@@ -40,6 +40,11 @@ class DataConfig:
       URL shards; ``remote_timeout_s``: a request that has not finished by then is abandoned and retried;
       ``remote_retries``: tries after the first for a transient error (5xx, reset, timeout) before the sample
       counts as unreadable (``on_bad_sample``).
+    - ``stall_timeout_s``: the eager loader's watchdog. When its workers deliver no batch for this long, their
+      Python stacks are printed, they are replaced, and reading goes on from the batch that stalled (the same
+      batches, exactly once); a second stall at the same batch stops the run naming its samples. ``auto``:
+      120 s for local shards, or the worst case of a URL read (``remote_timeout_s`` x (``remote_retries`` + 1))
+      plus 120 s; 0: wait forever (torch's default).
     - ``cache_dir`` / ``cache_bytes``: keep whole tars read from URLs in this local folder, least recently used
       evicted beyond ``cache_bytes`` (an int, or ``"50G"``, ``"500M"``: binary units); off when either is unset.
     - ``batch_size`` counts *videos* per rank; each video gives ``num_sample`` clips
@@ -105,6 +110,7 @@ class DataConfig:
     remote_concurrency: int = 16
     remote_timeout_s: float = 60.0
     remote_retries: int = 8
+    stall_timeout_s: Union[float, str] = "auto"
     cache_dir: Optional[str] = None
     cache_bytes: Union[int, str] = 0
 
@@ -142,6 +148,10 @@ class DataConfig:
         need(int(self.remote_concurrency) >= 1, f"remote_concurrency={self.remote_concurrency!r} must be >= 1")
         need(float(self.remote_timeout_s) > 0, f"remote_timeout_s={self.remote_timeout_s!r} must be > 0")
         need(int(self.remote_retries) >= 0, f"remote_retries={self.remote_retries!r} must be >= 0")
+        need(self.stall_timeout_s == "auto" or (isinstance(self.stall_timeout_s, (int, float))
+                                                 and not isinstance(self.stall_timeout_s, bool)
+                                                 and self.stall_timeout_s >= 0),
+             f"stall_timeout_s={self.stall_timeout_s!r} must be 'auto', 0 (off) or seconds > 0")
         try:
             cache_bytes = parse_bytes(self.cache_bytes)
         except ValueError as e:
@@ -162,6 +172,14 @@ class DataConfig:
         configure(concurrency=int(self.remote_concurrency), timeout_s=float(self.remote_timeout_s),
                   retries=int(self.remote_retries), cache_dir=str(self.cache_dir) if self.cache_dir else None,
                   cache_bytes=parse_bytes(self.cache_bytes))
+
+    def stall_timeout(self) -> float:
+        """Seconds without a batch before the eager loader's watchdog acts (0: never); see the class doc."""
+        if self.stall_timeout_s != "auto":
+            return float(self.stall_timeout_s)
+        wheres = [self.shards] if isinstance(self.shards, (str, Path)) else list(self.shards)
+        remote = any(is_url(str(w)) for w in wheres)
+        return 120.0 + (float(self.remote_timeout_s) * (int(self.remote_retries) + 1) if remote else 0.0)
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "DataConfig":

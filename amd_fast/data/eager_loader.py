@@ -25,9 +25,14 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import ctypes
+import faulthandler
 import functools
+import gc
 import logging
+import os
+import signal
 import struct
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -40,7 +45,7 @@ from .decoders import DecodeError, get_clip_decoder
 from .remote import is_url
 from .sampling import normalize_clips, plan_clip, sample_rng
 from .shards import Sample, ShardError, ShardSet, read_sample, read_samples
-from .stream import BadSampleCounter, BadSampleError, BrokenShardsError, LoaderStateMixin
+from .stream import BadSampleCounter, BadSampleError, BrokenShardsError, LoaderStalledError, LoaderStateMixin
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +174,36 @@ def _batch_as_is(batch: dict) -> dict:
 
 
 def _worker_init(_):
+    # Objects inherited from the parent are never collected here: a parent's garbage whose finalizer waits for
+    # the parent's threads (a DALI pipeline's __del__ joins threads that a fork does not copy) would block this
+    # worker with the GIL held, and the main process with it (it fetches each batch's shared-memory handle from
+    # this worker's resource-sharer thread, with no timeout). The parent collects its garbage before forking
+    # (EagerLoader._data_loader); this covers what became garbage in between. It also spares the
+    # copy-on-write page copies a collection's pass over inherited objects would cause.
+    gc.freeze()
     torch.set_num_threads(1)  # workers are the parallelism; avoid oversubscribing the cores
+    # the watchdog (EagerLoader._batches) asks a stalled worker for its Python stacks, printed to its stderr
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+
+def _stop_stalled_workers(loader: torch.utils.data.DataLoader) -> List[int]:
+    """Have each live worker of ``loader`` print its Python stacks (SIGUSR1, see ``_worker_init``), then stop it
+    (SIGTERM: a stalled worker would not answer the DataLoader's polite shutdown); their pids."""
+    workers = [w for w in getattr(getattr(loader, "_iterator", None), "_workers", None) or [] if w.is_alive()]
+    for w in workers:
+        try:
+            os.kill(w.pid, signal.SIGUSR1)
+        except OSError:
+            pass
+    if workers:
+        time.sleep(0.5)  # let them write
+    for w in workers:
+        w.terminate()
+    return [w.pid for w in workers]
+
+
+def _is_timeout(e: RuntimeError) -> bool:
+    return str(e).startswith("DataLoader timed out")  # torch's message when no batch came within ``timeout``
 
 
 _HUGE_PAGE = 1 << 21
@@ -265,6 +299,8 @@ class EagerLoader(LoaderStateMixin):
         another seed (the workers' dataset holds it)."""
         st, cfg = self.state, self.cfg
         if self._loader is None or self._loader_seed != st.seed:
+            if cfg.num_workers > 0:
+                gc.collect()  # the workers fork at the first iteration: leave them no garbage (see _worker_init)
             on_gpu_decode = cfg.eager_decoder == "torchcodec" and cfg.num_workers == 0 and self.device.type == "cuda"
             self._loader = torch.utils.data.DataLoader(
                 ClipDataset(cfg, self.samples, self.rank, st.seed, str(self.device)), batch_sampler=self._sampler,
@@ -273,6 +309,7 @@ class EagerLoader(LoaderStateMixin):
                 prefetch_factor=cfg.prefetch if cfg.num_workers > 0 else None,
                 persistent_workers=cfg.num_workers > 0,
                 worker_init_fn=_worker_init if cfg.num_workers > 0 else None,
+                timeout=cfg.stall_timeout() if cfg.num_workers > 0 else 0,
                 # Its own generator: each iter() draws a worker base seed, which would otherwise come from torch's
                 # global RNG and shift the model's random draws (drop path) after a resume. Nothing here uses it:
                 # every random choice comes from (seed, epoch, rank, position).
@@ -289,16 +326,48 @@ class EagerLoader(LoaderStateMixin):
             _stop_workers(self._loader)
             self._loader = None
 
+    def _batches(self, epoch: int) -> Iterator[dict]:
+        """The DataLoader's batches of ``epoch`` from batch ``state.batch`` on, under a watchdog: when the workers
+        deliver nothing for ``data.stall_timeout_s`` (a decoder or a read that hangs, a worker deadlocked), their
+        stacks are printed, they are replaced, and reading resumes at the batch that stalled. Batches depend only
+        on (seed, epoch, rank, position), so the restarted workers give the same batches, each once. A second
+        stall at the same batch is no accident: :class:`LoaderStalledError` names its samples."""
+        st, cfg = self.state, self.cfg
+        stalled_at = None
+        while True:
+            loader = self._data_loader()
+            self._sampler.batches = [[(epoch, pos, int(i)) for pos, i in batch]
+                                     for batch in self.epoch_batches(epoch, st.batch)]
+            if self._sampler.read_ahead_workers:  # the next epoch's order is known already: read ahead across the seam
+                self._sampler.next_batches = [[(epoch + 1, pos, int(i)) for pos, i in batch]
+                                              for batch in self.epoch_batches(epoch + 1)[:cfg.num_workers]]
+            try:
+                for batch in loader:
+                    yield batch
+                return
+            except RuntimeError as e:
+                if not _is_timeout(e):
+                    raise
+            pids = _stop_stalled_workers(loader)
+            self.close()
+            self._ring_held.clear()
+            where = f"batch {st.batch} of epoch {epoch}"
+            if stalled_at == st.batch:
+                names = ", ".join(f"{s.tar}:{s.key}" for s in (self.samples[i] for _, _, i in self._sampler.batches[0]))
+                raise LoaderStalledError(
+                    f"the eager loader stalled twice at {where}: its workers gave no batch for "
+                    f"{cfg.stall_timeout():g} s (stacks printed above); one of its samples may hang the decoder "
+                    f"({names}): check the shards with `python -m amd_fast.shard --verify --out <shard folder>`, "
+                    "or raise data.stall_timeout_s if reading is this slow")
+            stalled_at = st.batch
+            log.warning("eager loader: worker(s) %s gave no batch for %g s (their stacks are printed above); "
+                        "replacing them and reading on from %s", ", ".join(map(str, pids)) or "-",
+                        cfg.stall_timeout(), where)
+
     def __iter__(self) -> Iterator[dict]:
         st, cfg = self.state, self.cfg
         epoch = st.epoch
-        loader = self._data_loader()
-        self._sampler.batches = [[(epoch, pos, int(i)) for pos, i in batch]
-                                 for batch in self.epoch_batches(epoch, st.batch)]
-        if self._sampler.read_ahead_workers:  # the next epoch's order is known already: read ahead across the seam
-            self._sampler.next_batches = [[(epoch + 1, pos, int(i)) for pos, i in batch]
-                                          for batch in self.epoch_batches(epoch + 1)[:cfg.num_workers]]
-        for batch in loader:
+        for batch in self._batches(epoch):
             st.batch += 1
             for where, why in batch["bad"]:
                 if cfg.on_bad_sample == "error":
@@ -311,7 +380,7 @@ class EagerLoader(LoaderStateMixin):
                     f"{batch['bad'][-1][1]}); the shards look broken: check them with `python -m amd_fast.shard "
                     "--verify --out <shard folder>` and rebuild the bad ones")
             video = batch["video"]
-            if cfg.num_workers > 0 and not (self.device.type == "cuda" and loader.pin_memory):
+            if cfg.num_workers > 0 and not (self.device.type == "cuda" and self._loader.pin_memory):
                 # Hold the ring buffers received lately: torch maps a shared buffer it still holds only once
                 # (its shared-storage cache), so each ring buffer is mapped and faulted in once, not per batch.
                 self._ring_held.append(video)

@@ -46,6 +46,10 @@ class BrokenShardsError(RunFailed):
     """So many samples in a row failed that the shards themselves must be broken (message names one)."""
 
 
+class LoaderStalledError(RunFailed):
+    """The loader's workers stalled twice at the same batch (message names its samples and the switch)."""
+
+
 class BadSampleError(RunFailed):
     """A sample failed with ``data.on_bad_sample=error`` (message names the sample and the switch)."""
 
