@@ -238,7 +238,27 @@ def test_exported_classifier_has_our_logits_labels_and_top1(tmp_path):
     assert torch.equal(theirs.logits.argmax(-1), ours.argmax(-1))
     assert hf.config.id2label == {0: "jump", 1: "run", 2: "swim"}
     card = (tmp_path / "hf" / "README.md").read_text()
-    assert "81.25%" in card and "video-classification" in card
+    assert "81.25%" in card and "video-classification" in card and "fixed eps 1e-5" in card
+
+
+def test_a_classifier_fine_tuned_with_transformers_eps_exports_its_logits_exactly(tmp_path, caplog):
+    cfg = ClassifierConfig(arch="vit_tiny_cpu", num_classes=3, input_size=32, patch_size=8, num_frames=4,
+                           drop_path=0.0, fc_norm_eps=1e-5)
+    torch.manual_seed(1)
+    model = _jitter(VideoClassifier(cfg), 4).eval()
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.5)
+    ckpt = _fake_run(tmp_path, "ft", "model", model, cfg)
+    with caplog.at_level("WARNING"):
+        assert export_main(["--out", str(tmp_path / "hf"), str(ckpt)]) == 0
+    assert not [r for r in caplog.records if "fc_norm eps" in r.getMessage()]
+    hf = transformers.VideoMAEForVideoClassification.from_pretrained(str(tmp_path / "hf")).eval()
+    clip = _clip(32, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(pixel_values=_hf_input(clip)).logits, model(clip), atol=1e-5, rtol=0)
+    assert "fixed eps" not in (tmp_path / "hf" / "README.md").read_text()
+    with pytest.raises(ValueError, match="fc_norm_eps"):
+        ClassifierConfig(arch="vit_tiny_cpu", num_classes=3, fc_norm_eps=0)
 
 
 @pytest.mark.parametrize("arch,side,frames,patch", SHAPES)

@@ -101,7 +101,8 @@ def model_card(exportable, hf_class: str, classes: Optional[Sequence[str]]) -> s
               ("    label = model(pixel_values=clips).logits.argmax(-1)" if classifier else
                "    features = model(pixel_values=clips).last_hidden_state  # (batch, tokens, width)"),
               "```", ""]
-    if classifier:
-        lines += ["`fc_norm` runs with transformers' fixed eps 1e-5 where amd_fast trained with 1e-6: the logits "
-                  "differ from the run's by about 1e-5 of their size (the encoder's features are the same).", ""]
+    eps = getattr(getattr(exportable.model, "fc_norm", None), "eps", None)
+    if classifier and eps is not None and eps != 1e-5:
+        lines += [f"`fc_norm` runs with transformers' fixed eps 1e-5 where amd_fast trained with {eps:g}: the logits "
+                  "differ from the run's by about 1e-4 of their size (the encoder's features are the same).", ""]
     return "\n".join(lines)

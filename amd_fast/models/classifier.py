@@ -34,6 +34,9 @@ class ClassifierConfig:
     ``pool``: ``mean`` (the reference: the mean over tokens, then ``fc_norm``) or ``tokens`` (``fc_norm`` on
     every token, all of them flattened into the head: keeps where and when, for tiny models on data whose
     class is a motion, as the CPU demo; the head then has tokens x width inputs per class).
+    ``fc_norm_eps``: the reference's 1e-6; transformers' ``VideoMAEForVideoClassification`` fixes its ``fc_norm``
+    at 1e-5, so a classifier fine-tuned with ``model.fc_norm_eps=1e-5`` exports with transformers' logits exact
+    (with 1e-6 they differ by ~1e-4 of their size; ``amd_fast.export`` logs the measured gap).
     """
 
     arch: str = "vit_base"
@@ -47,6 +50,7 @@ class ClassifierConfig:
     head_drop_rate: float = 0.0
     init_scale: float = 0.001
     pool: str = "mean"
+    fc_norm_eps: float = 1e-6
     use_checkpoint: bool = False
 
     def __post_init__(self):
@@ -59,6 +63,9 @@ class ClassifierConfig:
         check_token_grid(self)
         if self.pool not in ("mean", "tokens"):
             raise ValueError(f"model.pool={self.pool!r}; choose 'mean' (the reference) or 'tokens'")
+        if not 0 < self.fc_norm_eps < 1:
+            raise ValueError(f"model.fc_norm_eps={self.fc_norm_eps} must be in (0, 1): 1e-6 (the reference) or 1e-5 "
+                             "(transformers' VideoMAEForVideoClassification)")
         if not 0 <= self.drop_path < 1 or not 0 <= self.head_drop_rate < 1:
             raise ValueError("model.drop_path and model.head_drop_rate must be in [0, 1)")
 
@@ -80,7 +87,7 @@ class VideoClassifier(nn.Module):
         self.encoder = ViTEncoder(arch, input_size=cfg.input_size, patch_size=cfg.patch_size,
                                   num_frames=cfg.num_frames, tubelet_size=cfg.tubelet_size, final_norm=False,
                                   drop_path=cfg.drop_path, use_checkpoint=cfg.use_checkpoint)
-        self.fc_norm = LayerNorm(arch.dim)
+        self.fc_norm = nn.LayerNorm(arch.dim, eps=cfg.fc_norm_eps)
         self.head_dropout = nn.Dropout(cfg.head_drop_rate)
         self.head = nn.Linear(cfg.head_inputs(arch.dim), cfg.num_classes)
         self._init_weights()
