@@ -22,7 +22,7 @@ from timm.layers import trunc_normal_
 
 from amd_fast.models.archs import get_arch
 from amd_fast.models.config import check_token_grid
-from amd_fast.models.vit import LayerNorm, ViTEncoder
+from amd_fast.models.vit import ViTEncoder
 
 
 @dataclass
