@@ -1,10 +1,15 @@
 """Eager-loader clips/s from local disk vs. from an S3 endpoint with added latency per request (issue 18).
 
-Starts moto's S3 server on 127.0.0.1, uploads a shard folder, puts ``tests/fault_proxy.FaultProxy`` (``--latency``
-seconds added to every request) in front of it, and times the eager loader on both, alternating local and
-remote rounds so that a busy shared machine penalises both alike. Prints one JSON line per round and a summary.
+Starts moto's S3 server on 127.0.0.1, uploads a shard folder, puts ``tests/fault_proxy`` (``--latency`` seconds
+added to every request) in front of it, each in its own process, and times the eager loader on both, alternating
+local and remote rounds so that a busy shared machine penalises both alike. Prints one JSON line per round and a
+summary. Per round it also reports the CPU the loader itself spent per clip (this process and its workers, the
+endpoint's two processes left out) and the cores the endpoint took: on a small machine the S3 server and the
+proxy compete with the decoders for the same cores, which a bucket in another building would not.
 
     python bench/remote_speed.py --shards shards/bench-scenes-320p-vp9-gop32-24 --workers 2 --latency 0.05
+
+Defaults are AMD pretraining's clip (16 frames at stride 4, 224 px, 4 clips per decoded video).
 """
 from __future__ import annotations
 
@@ -39,25 +44,42 @@ def start_moto():
     return proc, S3Endpoint(url=url, env=env)
 
 
-def clips_per_s(shards: str, a) -> float:
+def start_proxy(upstream: str, latency: float):
+    proc = subprocess.Popen([sys.executable, "-m", "tests.fault_proxy", "--upstream", upstream, "--latency",
+                             str(latency), "--fault-all"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    return proc, proc.stdout.readline().strip()
+
+
+def measure(shards: str, a, endpoint_pids) -> dict:
+    """clips/s, the loader's CPU per clip (this process tree without the endpoint's processes) and the endpoint's
+    cores, over ``a.batches`` batches after ``a.warmup``."""
     from amd_fast.data import DataConfig, build_loader, remote
+    from amd_fast.data.loader_speed import _proc_cpu, process_tree_cpu_seconds
 
     remote.reset()
     cfg = DataConfig(shards=shards, backend="eager", device="cpu", batch_size=a.batch_size, num_frames=16,
                      sampling_rate=4, num_sample=a.num_sample, input_size=a.input_size, num_workers=a.workers,
                      prefetch=2, remote_concurrency=a.concurrency, drop_last=False)
     loader = build_loader(cfg)
-    n, t0, clips = 0, None, 0
+
+    def endpoint_cpu():
+        return sum(_proc_cpu(pid) for pid in endpoint_pids)
+
+    n, clips = 0, 0
     while n < a.warmup + a.batches:
         for b in loader:
             n += 1
             if n == a.warmup:
-                t0 = time.perf_counter()
+                t0, tree0, ep0 = time.perf_counter(), process_tree_cpu_seconds(), endpoint_cpu()
             elif n > a.warmup:
                 clips += b["video"].shape[0]
             if n >= a.warmup + a.batches:
                 break
-    return clips / (time.perf_counter() - t0)
+    elapsed, endpoint = time.perf_counter() - t0, endpoint_cpu() - ep0
+    loader_cpu = process_tree_cpu_seconds() - tree0 - endpoint
+    loader.close()
+    return {"clips_per_s": round(clips / elapsed, 2), "loader_cpu_ms_per_clip": round(1000 * loader_cpu / clips, 2),
+            "endpoint_cores": round(endpoint / elapsed, 3)}
 
 
 def main() -> None:
@@ -67,38 +89,43 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.05)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--num-sample", type=int, default=1)
-    ap.add_argument("--input-size", type=int, default=112)
+    ap.add_argument("--num-sample", type=int, default=4)
+    ap.add_argument("--input-size", type=int, default=224)
     ap.add_argument("--batches", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
     a = ap.parse_args()
-    from tests.fault_proxy import FaultProxy
 
-    proc, ep = start_moto()
+    moto, ep = start_moto()
+    proxy = None
     try:
         url = ep.upload(Path(a.shards), f"s3://{ep.make_bucket('bench')}/shards")
-        with FaultProxy(ep.url, latency=a.latency, fault_all=True) as proxy:
-            os.environ.update({**ep.env, "AWS_ENDPOINT_URL": proxy.url})
-            rows = []
-            from amd_fast.data.loader_speed import _proc_cpu
+        proxy, proxy_url = start_proxy(ep.url, a.latency)
+        os.environ.update({**ep.env, "AWS_ENDPOINT_URL": proxy_url})
+        rows = []
+        for r in range(a.rounds):
+            for where, shards in (("local", a.shards), ("remote", url)):
+                row = {"round": r, "where": where, "workers": a.workers, "latency_s": a.latency,
+                       **measure(shards, a, (moto.pid, proxy.pid))}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
 
-            for r in range(a.rounds):
-                for where, shards in (("local", a.shards), ("remote", url)):
-                    server0, t0 = _proc_cpu(proc.pid), time.perf_counter()
-                    rate = clips_per_s(shards, a)
-                    # the S3 server's CPU share of the round: on a 2-core machine it competes with the decoders
-                    server_cores = (_proc_cpu(proc.pid) - server0) / (time.perf_counter() - t0)
-                    row = {"round": r, "where": where, "workers": a.workers, "latency_s": a.latency,
-                           "clips_per_s": round(rate, 2), "s3_server_cores": round(server_cores, 3)}
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
-        mean = {w: sum(x["clips_per_s"] for x in rows if x["where"] == w) / a.rounds for w in ("local", "remote")}
-        print(json.dumps({"summary": mean, "remote_over_local": round(mean["remote"] / mean["local"], 3),
-                          "shards": a.shards, "requests_through_proxy": proxy.counts["requests"]}))
+        def mean(key, where):
+            return sum(x[key] for x in rows if x["where"] == where) / a.rounds
+
+        print(json.dumps({
+            "clips_per_s": {w: round(mean("clips_per_s", w), 2) for w in ("local", "remote")},
+            "remote_over_local": round(mean("clips_per_s", "remote") / mean("clips_per_s", "local"), 3),
+            # the same ratio per CPU-second of the loader: what the remote reads cost the loader itself
+            "remote_over_local_per_loader_cpu": round(mean("loader_cpu_ms_per_clip", "local")
+                                                      / mean("loader_cpu_ms_per_clip", "remote"), 3),
+            "endpoint_cores_remote": round(mean("endpoint_cores", "remote"), 3),
+            "shards": a.shards, "workers": a.workers, "input_size": a.input_size, "num_sample": a.num_sample}))
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        for p in (proxy, moto):
+            if p is not None:
+                p.terminate()
+                p.wait(timeout=10)
 
 
 if __name__ == "__main__":
