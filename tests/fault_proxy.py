@@ -170,7 +170,8 @@ def main(argv=None) -> None:
     ap.add_argument("--latency", type=float, default=0.0)
     ap.add_argument("--fail-rate", type=float, default=0.0)
     ap.add_argument("--drop-rate", type=float, default=0.0)
-    ap.add_argument("--fault-all", action="store_true", help="latency and faults on every request, not only ranged GETs")
+    ap.add_argument("--fault-all", action="store_true",
+                    help="latency and faults on every request, not only ranged GETs")
     a = ap.parse_args(argv)
     with FaultProxy(a.upstream, latency=a.latency, fail_rate=a.fail_rate, drop_rate=a.drop_rate, port=a.port,
                     fault_all=a.fault_all) as p:

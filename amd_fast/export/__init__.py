@@ -116,8 +116,8 @@ def to_transformers(model: nn.Module, out, *, classes: Optional[Sequence[str]] =
     if classifier:
         if model.fc_norm.eps != hf_videomae.HF_FC_NORM_EPS:  # can't be mapped: say what it does
             log.warning("fc_norm eps: this classifier's is %g, transformers' VideoMAEForVideoClassification fixes "
-                        "%g; on a random clip the logits differ by %.2g (the encoder's features are exact); a classifier "
-                        "fine-tuned with model.fc_norm_eps=1e-5 exports with transformers' logits exact",
+                        "%g; on a random clip the logits differ by %.2g (the encoder's features are exact); a "
+                        "classifier fine-tuned with model.fc_norm_eps=1e-5 exports with transformers' logits exact",
                         model.fc_norm.eps, hf_videomae.HF_FC_NORM_EPS, _fc_norm_gap(model, hf_model))
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
