@@ -53,33 +53,16 @@ def start_proxy(upstream: str, latency: float):
 def measure(shards: str, a, endpoint_pids) -> dict:
     """clips/s, the loader's CPU per clip (this process tree without the endpoint's processes) and the endpoint's
     cores, over ``a.batches`` batches after ``a.warmup``."""
-    from amd_fast.data import DataConfig, build_loader, remote
-    from amd_fast.data.loader_speed import _proc_cpu, process_tree_cpu_seconds
+    from amd_fast.data import DataConfig, remote
+    from amd_fast.data.loader_speed import measure_clips_per_s
 
     remote.reset()
     cfg = DataConfig(shards=shards, backend="eager", device="cpu", batch_size=a.batch_size, num_frames=16,
                      sampling_rate=4, num_sample=a.num_sample, input_size=a.input_size, num_workers=a.workers,
                      prefetch=2, remote_concurrency=a.concurrency, drop_last=False)
-    loader = build_loader(cfg)
-
-    def endpoint_cpu():
-        return sum(_proc_cpu(pid) for pid in endpoint_pids)
-
-    n, clips = 0, 0
-    while n < a.warmup + a.batches:
-        for b in loader:
-            n += 1
-            if n == a.warmup:
-                t0, tree0, ep0 = time.perf_counter(), process_tree_cpu_seconds(), endpoint_cpu()
-            elif n > a.warmup:
-                clips += b["video"].shape[0]
-            if n >= a.warmup + a.batches:
-                break
-    elapsed, endpoint = time.perf_counter() - t0, endpoint_cpu() - ep0
-    loader_cpu = process_tree_cpu_seconds() - tree0 - endpoint
-    loader.close()
-    return {"clips_per_s": round(clips / elapsed, 2), "loader_cpu_ms_per_clip": round(1000 * loader_cpu / clips, 2),
-            "endpoint_cores": round(endpoint / elapsed, 3)}
+    m = measure_clips_per_s(cfg, batches=a.batches, warmup=a.warmup, exclude_pids=endpoint_pids)
+    return {"clips_per_s": round(m["clips_per_s"], 2), "loader_cpu_ms_per_clip": round(1000 * m["cpu_s_per_clip"], 2),
+            "endpoint_cores": round(m["excluded_cores"], 3)}
 
 
 def main() -> None:

@@ -68,8 +68,9 @@ def process_tree_cpu_seconds() -> float:
 
 
 def measure_clips_per_s(cfg: DataConfig, *, batches: int = 20, warmup: int = 3, rank: int = 0,
-                        world_size: int = 1) -> Dict[str, float]:
-    """Throughput and CPU cost of ``build_loader(cfg)``; cycles epochs when ``warmup + batches`` exceeds one."""
+                        world_size: int = 1, exclude_pids: Sequence[int] = ()) -> Dict[str, float]:
+    """Throughput and CPU cost of ``build_loader(cfg)``; cycles epochs when ``warmup + batches`` exceeds one.
+    ``exclude_pids``: see :func:`measure_stream`."""
     loader = build_loader(cfg, rank, world_size)
 
     def stream():
@@ -79,14 +80,19 @@ def measure_clips_per_s(cfg: DataConfig, *, batches: int = 20, warmup: int = 3, 
             yield from loader
             epoch += 1
 
-    out = measure_stream(stream(), cfg, batches=batches, warmup=warmup, clips_of=lambda b: b["video"].shape[0])
+    out = measure_stream(stream(), cfg, batches=batches, warmup=warmup, clips_of=lambda b: b["video"].shape[0],
+                         exclude_pids=exclude_pids)
+    loader.close()
     return {"backend": loader.backend, **out, "bad_samples": sum(loader.bad_samples.values())}
 
 
-def measure_stream(it: Iterator, cfg: DataConfig, *, batches: int, warmup: int, clips_of: Callable) -> Dict[str, float]:
+def measure_stream(it: Iterator, cfg: DataConfig, *, batches: int, warmup: int, clips_of: Callable,
+                   exclude_pids: Sequence[int] = ()) -> Dict[str, float]:
     """Time ``batches`` batches of ``it`` after ``warmup`` untimed ones (start-up, first decodes): clips/s, the
     CPU time of the whole process tree and of this process alone per clip, the wait per batch. Also what the
-    bench times the peers' own loaders with (``bench/parts/peers.py``)."""
+    bench times the peers' own loaders with (``bench/parts/peers.py``). ``exclude_pids``: descendants that are not
+    the loader (an S3 endpoint the bench started): their CPU is left out of the tree's and reported apart as
+    ``excluded_cores``."""
     device = cfg.resolved_device()
     t_build = time.perf_counter()
     for _ in range(warmup):
@@ -94,6 +100,7 @@ def measure_stream(it: Iterator, cfg: DataConfig, *, batches: int, warmup: int, 
     _sync(device)
     clips, wait = 0, 0.0
     main0 = _proc_cpu(os.getpid())
+    excluded0 = sum(_proc_cpu(pid) for pid in exclude_pids)
     cpu0, t0 = process_tree_cpu_seconds(), time.perf_counter()
     for _ in range(batches):
         tw = time.perf_counter()
@@ -102,7 +109,8 @@ def measure_stream(it: Iterator, cfg: DataConfig, *, batches: int, warmup: int, 
         wait += time.perf_counter() - tw
         clips += clips_of(b)
     elapsed = time.perf_counter() - t0
-    cpu = process_tree_cpu_seconds() - cpu0
+    excluded = sum(_proc_cpu(pid) for pid in exclude_pids) - excluded0
+    cpu = process_tree_cpu_seconds() - cpu0 - excluded
     main_cpu = _proc_cpu(os.getpid()) - main0  # the training process's own share (receive, transfer, normalize)
     return {
         "clips_per_s": clips / elapsed,
@@ -111,6 +119,7 @@ def measure_stream(it: Iterator, cfg: DataConfig, *, batches: int, warmup: int, 
         "cpu_cores_busy": cpu / elapsed,
         "main_cpu_s_per_clip": main_cpu / clips,  # x100 = cores of the main process per 100 clips/s
         "data_wait_ms_per_batch": 1000 * wait / batches,
+        "excluded_cores": excluded / elapsed,
         "warmup_s": t0 - t_build,
         "batches": batches,
         "clips": clips,
