@@ -160,9 +160,9 @@ class DataConfig:
              f"cache_dir={self.cache_dir!r} must be a local folder")
         if cache_bytes > 0 and not self.cache_dir:
             log.warning("data.cache_bytes is set but data.cache_dir is not: no cache")
-        for where in ([self.shards] if isinstance(self.shards, (str, Path)) else list(self.shards)):
-            what = secrets_in(str(where))
-            need(what is None, f"shards={redact(str(where))} carries {what}: credentials in a URL would be written to "
+        for where in self._shard_locations():
+            what = secrets_in(where)
+            need(what is None, f"shards={redact(where)} carries {what}: credentials in a URL would be written to "
                                "config.yaml and logs; give them the backend's standard way (AWS_* variables, a "
                                "profile or an instance role for s3://, GOOGLE_APPLICATION_CREDENTIALS for gs://) "
                                "and drop them from the URL")
@@ -173,12 +173,15 @@ class DataConfig:
                   retries=int(self.remote_retries), cache_dir=str(self.cache_dir) if self.cache_dir else None,
                   cache_bytes=parse_bytes(self.cache_bytes))
 
+    def _shard_locations(self) -> list:
+        """``shards`` as a list of strings (it may be one path or URL, or a list of them)."""
+        return [str(w) for w in ([self.shards] if isinstance(self.shards, (str, Path)) else list(self.shards))]
+
     def stall_timeout(self) -> float:
         """Seconds without a batch before the eager loader's watchdog acts (0: never); see the class doc."""
         if self.stall_timeout_s != "auto":
             return float(self.stall_timeout_s)
-        wheres = [self.shards] if isinstance(self.shards, (str, Path)) else list(self.shards)
-        remote = any(is_url(str(w)) for w in wheres)
+        remote = any(is_url(w) for w in self._shard_locations())
         return 120.0 + (float(self.remote_timeout_s) * (int(self.remote_retries) + 1) if remote else 0.0)
 
     @classmethod
