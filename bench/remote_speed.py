@@ -9,7 +9,8 @@ proxy compete with the decoders for the same cores, which a bucket in another bu
 
     python bench/remote_speed.py --shards shards/bench-scenes-320p-vp9-gop32-24 --workers 2 --latency 0.05
 
-Defaults are AMD pretraining's clip (16 frames at stride 4, 224 px, 4 clips per decoded video).
+Defaults are AMD pretraining's clip (16 frames at stride 4, 224 px, 4 clips per decoded video), delivered as uint8 as
+the trainers take them (they normalize on the model's device), like the loaders part of ``bench/throughput.py``.
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def measure(shards: str, a, endpoint_pids) -> dict:
     remote.reset()
     cfg = DataConfig(shards=shards, backend="eager", device="cpu", batch_size=a.batch_size, num_frames=16,
                      sampling_rate=4, num_sample=a.num_sample, input_size=a.input_size, num_workers=a.workers,
-                     prefetch=2, remote_concurrency=a.concurrency, drop_last=False)
+                     prefetch=2, remote_concurrency=a.concurrency, drop_last=False, dtype="uint8")
     m = measure_clips_per_s(cfg, batches=a.batches, warmup=a.warmup, exclude_pids=endpoint_pids)
     return {"clips_per_s": round(m["clips_per_s"], 2), "loader_cpu_ms_per_clip": round(1000 * m["cpu_s_per_clip"], 2),
             "endpoint_cores": round(m["excluded_cores"], 3)}

@@ -56,7 +56,8 @@ log = logging.getLogger("bench")
 
 PARTS = ("loaders", "gop", "kernels", "train")
 # bench.parts.loaders.LOADERS' names (kept here: validating the options must not import torch)
-LOADER_NAMES = ("dali", "eager", "torchcodec", "decord", "spdl", "eager+torchcodec", "eager+decord", "eager+spdl")
+LOADER_NAMES = ("dali", "eager", "torchcodec", "decord", "spdl", "amd-reference", "eager+torchcodec", "eager+decord",
+                "eager+spdl")
 
 
 def _int_list(text: str) -> list[int]:
@@ -92,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("loaders (clip options apply to the loaders part; train uses its config's)")
     g.add_argument("--loaders", type=_str_list, default=None,
                    help=f"default: {','.join(LOADER_NAMES)} (torchcodec, decord, spdl: each used as its "
-                   "documentation shows; eager+<decoder>: our eager loader with that decoder)")
+                   "documentation shows; amd-reference: the AMD reference's own pretraining loader; eager+<decoder>: our "
+                   "eager loader with that decoder)")
     g.add_argument("--loader-workers", type=_int_list, default=None,
                    help="worker/thread counts to compare (default: 1,2,4,8,... up to the CPU count)")
     g.add_argument("--loader-pipelines", type=_int_list, default=None,

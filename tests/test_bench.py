@@ -63,8 +63,8 @@ def test_loaders_part_tiny_run_measures_loaders_peers_and_decode(tmp_path, synth
                      "--loader-batches", "4", "--loader-batch-size", "2", "--num-frames", "4",
                      "--sampling-rate", "2", "--input-size", "32", "--num-sample", "2", "--decode-videos", "2")
     clips = {e["loader"]: e for e in rec["entries"] if e["part"] == "loaders" and e["kind"] == "clips"}
-    assert set(clips) == {"dali", "eager", "torchcodec", "decord", "spdl", "eager+torchcodec", "eager+decord",
-                          "eager+spdl"}  # every peer keeps its rows: used as documented, and inside our loader
+    assert set(clips) == {"dali", "eager", "torchcodec", "decord", "spdl", "amd-reference", "eager+torchcodec",
+                          "eager+decord", "eager+spdl"}  # every peer keeps its rows: used as documented, and inside ours
     for name in ("dali", "eager"):
         e = clips[name]
         assert e["clips_per_s"] > 0 and e["workers"] == 1 and e["num_sample"] == 2 and e["cpu_s_per_clip"] > 0
@@ -87,6 +87,10 @@ def test_loaders_part_tiny_run_measures_loaders_peers_and_decode(tmp_path, synth
                 assert row["clips_per_s"] > 0 and row["cpu_s_per_clip"] > 0 and row["main_cpu_s_per_clip"] >= 0
                 assert row["decode_limit_fraction"] > 0
     assert clips["torchcodec"]["backend"] == "peer" and clips["eager+torchcodec"]["backend"] == "eager"
+    ref = clips["amd-reference"]  # the AMD reference's own loader (decord + PIL), beside the eager loader
+    assert ref["backend"] == "peer" and ref["decoder"] == "decord"
+    if decoder_problem("decord") is None:
+        assert ref["clips_per_s"] > 0 and ref["cpu_s_per_clip"] > 0
     _check_documented_peers_read_our_clips(synthetic_shards)  # the peer rows measure the same clips as ours
     decoders = {(e["backend"], e["threads"]) for e in rec["entries"] if e.get("kind") == "decode" and e["frames_per_s"]}
     assert {("pyav", "1"), ("pyav", "auto"), ("dali", "1")} <= decoders
@@ -97,6 +101,7 @@ def _check_documented_peers_read_our_clips(synthetic_shards) -> None:
     eager loader: one batch each, pixels within the resampling filters' difference (PyAV's swscale vs torch)."""
     from amd_fast.data import DataConfig, build_loader
     from amd_fast.data.decoders import decoder_problem
+    from amd_fast.normalization import IMAGENET_MEAN, IMAGENET_STD
     from bench.parts import peers
 
     cfg = DataConfig(shards=str(synthetic_shards), split="train", device="cpu", batch_size=2, num_frames=4,
@@ -105,15 +110,20 @@ def _check_documented_peers_read_our_clips(synthetic_shards) -> None:
     ours = next(iter(build_loader(cfg)))["video"].float()
     checked = 0
     for name in peers.PEERS:
-        if decoder_problem(name) is not None:
+        if decoder_problem(peers.PEER_DECODER[name]) is not None:
             continue
         got = peers.first_batch(name, cfg)
-        assert got.dtype == torch.uint8 and got.shape == ours.shape, name
+        assert got.shape == ours.shape, name
+        if name == "amd-reference":  # float32, normalized in the worker, as the reference delivers it
+            assert got.dtype == torch.float32
+            got = (got * torch.tensor(IMAGENET_STD).view(3, 1, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)) * 255
+        else:
+            assert got.dtype == torch.uint8, name
         assert (got.float() - ours).abs().mean() < 3, name
         checked += 1
     # and a different epoch / seed is a different clip: the bound above is not loose enough to pass anything
     if checked:
-        name = next(n for n in peers.PEERS if decoder_problem(n) is None)
+        name = next(n for n in peers.PEERS if decoder_problem(peers.PEER_DECODER[n]) is None)
         other = peers.first_batch(name, dataclasses.replace(cfg, seed=1))
         assert (other.float() - ours).abs().mean() > 3
 

@@ -133,3 +133,40 @@ def test_the_probe_decodes_with_every_working_decoder(fresh_probe):
     for name in ("torchcodec", "decord"):
         if decoders.decoder_problem(name) is None:
             assert np.asarray(get_decoder(name)(decoders.probe_video(), [0, 1])).shape == (2, 64, 64, 3)
+
+
+def _encode(fmt: str, encoder: str, pix: str, frames: int = 20) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    rng = np.random.default_rng(1)
+    with av.open(buf, "w", format=fmt) as c:
+        s = c.add_stream(encoder, rate=25)
+        s.width = s.height = 64
+        s.pix_fmt = pix
+        for _ in range(frames):
+            for p in s.encode(av.VideoFrame.from_ndarray(rng.integers(0, 255, (64, 64, 3), np.uint8), format="rgb24")):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    return buf.getvalue()
+
+
+# (container, encoder, pixel format, whether its headers alone name the video's size)
+CONTAINERS = [("mp4", "libx264", "yuv420p", True), ("webm", "libvpx-vp9", "yuv420p", True),
+              ("matroska", "libx264", "yuv420p", True), ("avi", "mjpeg", "yuvj420p", True),
+              ("mp4", "mpeg4", "yuv420p", False)]
+
+
+@pytest.mark.parametrize("fmt,encoder,pix,headers_suffice", CONTAINERS)
+def test_containers_open_from_their_headers_and_decode_the_same_frames(fmt, encoder, pix, headers_suffice):
+    """The loader opens a container without FFmpeg's probe decode (it decoded the first keyframe only to learn the
+    pixel format: ~2 ms per 320p video); where the headers do not give the frame size it opens it the usual way.
+    Either way the frames are those of a plain decode from the start."""
+    data = _encode(fmt, encoder, pix)
+    with decoders._open_input(data) as c:
+        probed = c.streams.video[0].codec_context.pix_fmt is not None  # set only by a probe decode
+    assert probed != headers_suffice
+    full = _all_frames(data)
+    for idx in ([0, 5, 10], [3, 7, 15, 19], [19]):
+        assert np.array_equal(decode_pyav(data, idx), full[idx]), (fmt, encoder, idx)

@@ -241,3 +241,31 @@ def test_iterating_the_eager_loader_leaves_torchs_global_rng_alone(synthetic_sha
         loader.set_epoch(epoch)
         next(iter(loader))
     assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def _epochs(loader, n, keep):
+    """``n`` epochs of ``loader``; ``keep(batch)`` is what the consumer holds on to of each batch."""
+    out = []
+    for _ in range(n):
+        out += [keep(b) for b in loader]
+    return out
+
+
+def test_uint8_batches_held_by_the_consumer_are_never_overwritten(synthetic_shards):
+    """On the CPU the workers' batches are handed out in shared buffers without a copy (``BatchRing``): a buffer is
+    written again only once nothing holds the batch. A consumer that keeps every batch (more than the ring has)
+    and one that keeps every third get the batches of a loader without workers; one that drops each batch makes
+    the workers reuse a few buffers."""
+    cfg = dict(split="train", num_sample=2, flip=True, dtype="uint8", prefetch=1)
+    want = _epochs(build_loader(cfg_for(synthetic_shards, "eager", num_workers=0, **cfg)), 3, lambda b: b["video"])
+    assert len(want) == 18 and want[0].dtype == torch.uint8
+    held = _epochs(build_loader(cfg_for(synthetic_shards, "eager", num_workers=2, **cfg)), 3, lambda b: b["video"])
+    assert all(torch.equal(a, b) for a, b in zip(want, held))
+    views = [b["video"][::2] if k % 3 == 0 else b["video"].clone()
+             for k, b in enumerate(_epochs(build_loader(cfg_for(synthetic_shards, "eager", num_workers=2, **cfg)), 3,
+                                           lambda b: b))]
+    assert all(torch.equal(a[::2] if k % 3 == 0 else a, b) for k, (a, b) in enumerate(zip(want, views)))
+    buffers = _epochs(build_loader(cfg_for(synthetic_shards, "eager", num_workers=2, **cfg)), 3,
+                      lambda b: (b["video"].data_ptr(), b["video"].float().mean().item()))
+    assert [m for _, m in buffers] == [v.float().mean().item() for v in want]
+    assert len({ptr for ptr, _ in buffers}) <= 2 * (1 + 3)  # workers x ring slots: reused, not one per batch

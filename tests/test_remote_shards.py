@@ -229,23 +229,32 @@ def test_latency_is_hidden_an_epoch_from_a_50ms_bucket_costs_about_what_local_di
     assert min(times["far"]) <= 2 * min(times["near"]) + 0.5, times
 
 
-def test_a_worker_reads_its_next_batch_while_it_decodes_this_one(synthetic_shards):
-    """Object-storage shards: each batch carries a ReadAhead of the batch the same worker gets next (round
-    robin over the workers); the worker starts those reads before decoding, and the next batch uses them."""
-    from amd_fast.data.eager_loader import ClipDataset, ReadAhead, _EpochBatches
+def test_a_worker_reads_its_next_batches_while_it_decodes_this_one(synthetic_shards):
+    """Object-storage shards: each batch carries a ReadAhead of the next READ_AHEAD_BATCHES batches the same worker
+    gets (round robin over the workers, on into the next epoch); the worker starts those reads before decoding,
+    and its next batches use them."""
+    from amd_fast.data.eager_loader import READ_AHEAD_BATCHES, ClipDataset, ReadAhead, _EpochBatches
 
+    assert READ_AHEAD_BATCHES == 2
     sampler = _EpochBatches()
     sampler.batches = [[(0, k, k)] for k in range(5)]
     sampler.read_ahead_workers = 2
     dealt = list(sampler)
-    assert dealt[0] == [(0, 0, 0), ReadAhead(((0, 2, 2),))] and dealt[3] == [(0, 3, 3)]  # none past the end
+    assert dealt[0] == [(0, 0, 0), ReadAhead((((0, 2, 2),), ((0, 4, 4),)))]
+    assert dealt[1] == [(0, 1, 1), ReadAhead((((0, 3, 3),),))] and dealt[3] == [(0, 3, 3)]  # none past the end
+    sampler.next_batches = [[(1, k, 9 - k)] for k in range(4)]  # the next epoch: worker 0 gets 0, 2; worker 1: 1, 3
+    dealt = list(sampler)
+    assert dealt[3] == [(0, 3, 3), ReadAhead((((1, 1, 8),), ((1, 3, 6),)))]
+    assert dealt[4] == [(0, 4, 4), ReadAhead((((1, 0, 9),), ((1, 2, 7),)))]
     loader = build_loader(cfg_for(synthetic_shards, num_workers=0, dtype="uint8"))
     ds = ClipDataset(loader.cfg, loader.samples, 0, loader.cfg.seed, "cpu")
     plain = ClipDataset(loader.cfg, loader.samples, 0, loader.cfg.seed, "cpu")
-    first, second = [(0, 0, 5), (0, 1, 6)], [(0, 2, 7), (0, 3, 8)]
-    a = ds.__getitems__(first + [ReadAhead(tuple(second))])
-    assert list(ds._pending) == [tuple(second)]  # in flight while the first batch decoded
-    b = ds.__getitems__(second)
+    first, second, third = [(0, 0, 5), (0, 1, 6)], [(0, 2, 7), (0, 3, 8)], [(0, 4, 1), (0, 5, 2)]
+    a = ds.__getitems__(first + [ReadAhead((tuple(second), tuple(third)))])
+    assert list(ds._pending) == [tuple(second), tuple(third)]  # in flight while the first batch decoded
+    b = ds.__getitems__(second + [ReadAhead((tuple(third),))])
+    assert list(ds._pending) == [tuple(third)]  # started once, not twice
+    c = ds.__getitems__(third)
     assert ds._pending == {}
-    assert torch.equal(a["video"], plain.__getitems__(first)["video"])
-    assert torch.equal(b["video"], plain.__getitems__(second)["video"])
+    for got, items in ((a, first), (b, second), (c, third)):
+        assert torch.equal(got["video"], plain.__getitems__(items)["video"])

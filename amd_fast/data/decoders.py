@@ -93,7 +93,7 @@ def _decode_wanted(data: bytes, indices: Sequence[int], threads: int, stats: Opt
 
     want = sorted({int(i) for i in indices})
     try:
-        with av.open(io.BytesIO(data)) as container:
+        with _open_input(data) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO" if threads != 1 else "SLICE"
             if threads:
@@ -114,6 +114,25 @@ def _decode_wanted(data: bytes, indices: Sequence[int], threads: int, stats: Opt
     except (av.error.FFmpegError, IndexError, ValueError, OverflowError) as e:
         raise DecodeError(str(e)) from e
     return got or {}
+
+
+# ``avformat_find_stream_info`` (run by every ``av.open``) opens a decoder and decodes the first keyframe only to
+# learn the pixel format: 1.6 ms per 320p H.264 video, 2.2 ms per VP9 one (measured, 2-core EPYC), ~7% of a clip's
+# CPU. The decoded frames tell us their format, so the container is opened with no decoder allowed to that probe
+# (``codec_whitelist=none``): its headers alone (0.07-0.13 ms). The decoder the frames come from is opened later by
+# PyAV, without this option. A container whose headers leave the video stream unknown is opened again the usual way.
+_HEADERS_ONLY = {"codec_whitelist": "none"}
+
+
+def _open_input(data: bytes):
+    import av
+
+    container = av.open(io.BytesIO(data), options=_HEADERS_ONLY)
+    video = container.streams.video
+    if video and video[0].codec_context is not None and video[0].codec_context.width > 0:
+        return container
+    container.close()
+    return av.open(io.BytesIO(data))
 
 
 def _decode_forward(container, stream, want, index_of: Callable, stats: Optional[dict], keep: Callable,

@@ -9,8 +9,10 @@ seeking to the keyframe before the clip.
 
 Where the CPU goes (issue 17): with PyAV each wanted frame is cropped, scaled and converted to RGB in one
 FFmpeg filter-graph pass while still YUV (``decoders.CropGraph``), the ``num_sample`` crops of a sample
-share its decode, and a worker writes every crop straight into the batch's shared-memory buffer
-(:meth:`ClipDataset.__getitems__`), which the main process maps without a copy.
+share its decode, and a worker writes every crop straight into a shared-memory batch buffer
+(:meth:`ClipDataset.__getitems__`): on the CPU one of the main process's :class:`~.batch_ring.BatchRing`, handed
+out as the batch without a copy (the main process's CPU per clip fell from ~1.1 ms to under 0.1 ms); on CUDA
+the DataLoader's pin-memory thread copies it to pinned memory.
 
 Samples are read by random access at the byte offsets of the DALI ``.idx`` files rather than by
 streaming the tars with ``webdataset``: it gives the identical per-rank split as DALI, a full
@@ -22,11 +24,8 @@ stored order and counted (see ClipDataset), so batch shapes stay static.
 """
 from __future__ import annotations
 
-import collections
 import concurrent.futures
-import ctypes
 import faulthandler
-import functools
 import gc
 import logging
 import os
@@ -40,6 +39,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .batch_ring import BatchRing
 from .config import DataConfig
 from .decoders import DecodeError, get_clip_decoder
 from .remote import is_url
@@ -66,7 +66,12 @@ class ClipDataset(torch.utils.data.Dataset):
         self.device = device  # where torchcodec decodes when the loader runs in the main process
         self._decode = None
         self._buffer_device = "cpu"
-        # per process, filled after the fork: the worker's ring of batch buffers, its read-ahead thread and read
+        # batches delivered on the CPU: the main process's BatchRing (set before the workers fork); ``pinned``: the
+        # DataLoader's pin-memory thread copies each batch out (CUDA)
+        self.ring: Optional[BatchRing] = None
+        self.pinned = False
+        # per process, filled after the fork: the worker's own ring of batch buffers (when ``pinned``), its
+        # read-ahead thread and read
         self._ring: List[torch.Tensor] = []
         self._slot = 0
         self._reader: Optional[concurrent.futures.ThreadPoolExecutor] = None
@@ -85,42 +90,53 @@ class ClipDataset(torch.utils.data.Dataset):
                                             device=self.device if on_gpu else "cpu")
         return self._decode
 
-    def _batch_buffer(self, n: int) -> torch.Tensor:
-        """(n * num_sample, T, S, S, 3) uint8 for the batch. In a DataLoader worker it is one of a ring of
-        ``prefetch + 1`` shared-memory buffers the worker reuses, so the decoders write the crops straight into what
-        the main process maps: no collation copy, no copy into shared memory when it is sent, and no fresh
-        shared memory per batch (measured: creating and first touching 38 MB of it cost ~2 ms of CPU per clip,
-        a fifth of the loader's). Reuse is safe because the main process copies every batch out before it asks
-        for the next (:meth:`EagerLoader.__iter__`; the pin-memory thread's copy on CUDA) and the DataLoader
-        deals tasks round-robin and delivers them in order, so when a worker starts a task, its task
-        ``prefetch + 1`` tasks back has been copied out."""
+    def _batch_buffer(self, n: int) -> Tuple[torch.Tensor, Optional[int]]:
+        """(n * num_sample, T, S, S, 3) uint8 for the batch, and its slot in the main process's :class:`BatchRing`
+        (None when it is not one of those). The decoders write the crops straight into it: no collation copy, no
+        copy into shared memory when it is sent, no fresh shared memory per batch (measured: creating and first
+        touching 38 MB of it cost ~2 ms of CPU per clip, a fifth of the loader's).
+
+        - Batches delivered on the CPU: a free buffer of the ring (the main process hands it out without a copy),
+          or, when the consumer holds them all, a fresh shared-memory buffer.
+        - Batches the pin-memory thread copies (CUDA): one of a ring of ``prefetch + 1`` buffers this worker
+          reuses. Safe because that thread copies every batch out before the next is asked for, and the
+          DataLoader deals tasks round-robin and delivers them in order, so when a worker starts a task, its task
+          ``prefetch + 1`` tasks back has been copied out."""
         cfg = self.cfg
         ns = cfg.num_sample
         shape = (cfg.batch_size * ns, cfg.num_frames, cfg.input_size, cfg.input_size, 3)
         if self._buffer_device != "cpu":
-            return torch.empty((n * ns,) + shape[1:], dtype=torch.uint8, device=self._buffer_device)
-        if torch.utils.data.get_worker_info() is None:
-            return torch.empty((n * ns,) + shape[1:], dtype=torch.uint8)
+            return torch.empty((n * ns,) + shape[1:], dtype=torch.uint8, device=self._buffer_device), None
+        worker = torch.utils.data.get_worker_info()
+        if worker is None:
+            return torch.empty((n * ns,) + shape[1:], dtype=torch.uint8), None
+        if self.ring is not None:
+            taken = self.ring.take(worker.id)
+            if taken is not None:
+                return taken[1][:n * ns], taken[0]
+        if not self.pinned:  # nobody copies it out and no ring here: a buffer of its own
+            return torch.empty((n * ns,) + shape[1:], dtype=torch.uint8).share_memory_(), None
         ring, slot = self._ring, self._slot
         self._slot += 1
         if len(ring) < cfg.prefetch + 1:
             storage = torch.empty(0, dtype=torch.uint8)._typed_storage()._new_shared(int(np.prod(shape)))
             ring.append(torch.empty(0, dtype=torch.uint8).new(storage).view(shape))
-            return ring[-1][:n * ns]
-        return ring[slot % len(ring)][:n * ns]
+            return ring[-1][:n * ns], None
+        return ring[slot % len(ring)][:n * ns], None
 
     def __getitems__(self, items: Sequence[Tuple[int, int, int]]) -> dict:
-        """One batch: ``video`` (b*num_sample, T, S, S, 3) uint8 (video-major), ``label``, ``index`` (the
-        sample read at each position after replacements), ``bad`` [(where, why)], or ``broken``.
+        """One batch: ``video`` (b*num_sample, T, S, S, 3) uint8 (video-major), or ``slot`` (worker, slot, rows): the
+        :class:`BatchRing` buffer it was written into; ``label``, ``index`` (the sample read at each position after
+        replacements), ``bad`` [(where, why)], or ``broken``.
 
         The batch's samples are read first, in one :func:`~amd_fast.data.shards.read_samples` call (on object
         storage its ranged reads overlap, and a trailing :class:`ReadAhead` item names the batch this worker
         gets next, whose reads then run while this one decodes); replacements, rare, are read one by one."""
         ahead = None
         if items and isinstance(items[-1], ReadAhead):
-            items, ahead = items[:-1], items[-1].items
+            items, ahead = items[:-1], items[-1].batches
         decode, ns = self._decoder(), self.cfg.num_sample
-        video = self._batch_buffer(len(items))
+        video, slot = self._batch_buffer(len(items))
         labels, indices, bad = [], [], []
         first = self._read_batch(items, ahead)
         for b, ((epoch, pos, i), got) in enumerate(zip(items, first)):
@@ -143,26 +159,39 @@ class ClipDataset(torch.utils.data.Dataset):
                 except (DecodeError, OSError, struct.error, ShardError) as e:
                     bad.append((f"{s.tar}:{s.key}", str(e)))
                     if self.cfg.on_bad_sample == "error":
-                        return {"bad": bad, "broken": True}
+                        return self._broken(bad, slot)
             else:
-                return {"bad": bad, "broken": True}
-        return {"video": video, "label": torch.tensor(labels, dtype=torch.int64),
-                "index": torch.tensor(indices, dtype=torch.int64), "bad": bad}
+                return self._broken(bad, slot)
+        batch = {"label": torch.tensor(labels, dtype=torch.int64), "index": torch.tensor(indices, dtype=torch.int64),
+                 "bad": bad}
+        if slot is None:
+            batch["video"] = video
+        else:
+            batch["slot"] = (torch.utils.data.get_worker_info().id, slot, video.shape[0])
+        return batch
+
+    def _broken(self, bad: list, slot: Optional[int]) -> dict:
+        if slot is not None:  # never sent: the buffer is free again
+            self.ring.untake(torch.utils.data.get_worker_info().id, slot)
+        return {"bad": bad, "broken": True}
 
     def __getitem__(self, item):
         return self.__getitems__([item])
 
     def _read_batch(self, items: Sequence[Tuple[int, int, int]], ahead: Optional[Sequence] = None) -> list:
-        """The batch's samples (from the read started one batch earlier, when there was one); with ``ahead``,
-        starts reading those items in this process's read-ahead thread. At most one batch is read ahead."""
+        """The batch's samples (from the read started earlier, when there was one); with ``ahead`` (the batches this
+        worker gets next), starts reading those not started yet in this process's read-ahead thread."""
         pending = self._pending
         future = pending.pop(tuple(items), None)
         if ahead:
             if self._reader is None:  # per process (after the fork), one thread
                 self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="read-ahead")
-            pending.clear()  # a stale read-ahead (the epoch was cut short) is not kept
-            pending[tuple(ahead)] = self._reader.submit(
-                read_samples, [self.samples[i] for _, _, i in ahead], concurrency=self.cfg.remote_concurrency)
+            for key in [k for k in pending if k not in ahead]:  # stale (the epoch was cut short): not kept
+                del pending[key]
+            for batch in ahead:  # in order: the reading thread takes them one after the other
+                if batch not in pending:
+                    pending[batch] = self._reader.submit(read_samples, [self.samples[i] for _, _, i in batch],
+                                                         concurrency=self.cfg.remote_concurrency)
         if future is not None:
             return future.result()
         return read_samples([self.samples[i] for _, _, i in items], concurrency=self.cfg.remote_concurrency)
@@ -206,35 +235,6 @@ def _is_timeout(e: RuntimeError) -> bool:
     return str(e).startswith("DataLoader timed out")  # torch's message when no batch came within ``timeout``
 
 
-_HUGE_PAGE = 1 << 21
-
-
-@functools.lru_cache(maxsize=1)
-def _madvise():
-    """libc's madvise, or None where there is none (not Linux)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.madvise
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
-    return fn
-
-
-def _copy_out(video: torch.Tensor) -> torch.Tensor:
-    """A private copy of a batch (tens of MB), asking for transparent huge pages first (MADV_HUGEPAGE, where
-    THP is in 'madvise' mode): measured on a 38 MB batch, 6.5 ms instead of 22 ms of the main process's CPU,
-    nearly all of it page faults on the fresh copy."""
-    out = torch.empty_like(video)
-    madvise = _madvise()
-    if madvise is not None and out.numel() >= 2 * _HUGE_PAGE:
-        start = (out.data_ptr() + _HUGE_PAGE - 1) & ~(_HUGE_PAGE - 1)
-        end = (out.data_ptr() + out.numel()) & ~(_HUGE_PAGE - 1)
-        if end > start:
-            madvise(start, end - start, 14)  # MADV_HUGEPAGE; a failure only costs the faults it would have saved
-    return out.copy_(video)
-
-
 def _stop_workers(loader: torch.utils.data.DataLoader) -> None:
     it = getattr(loader, "_iterator", None)
     if it is not None and hasattr(it, "_shutdown_workers"):
@@ -242,18 +242,24 @@ def _stop_workers(loader: torch.utils.data.DataLoader) -> None:
     loader._iterator = None
 
 
+# Batches whose reads a worker keeps in flight beyond the one it decodes (object storage). One batch's decode
+# (~0.1 s) is about one request's latency plus the time the reading thread waits for the GIL while PyAV decodes,
+# so with one the reads often came in late (1 worker: 0.88 of local disk's clips/s at +50 ms per request).
+READ_AHEAD_BATCHES = 2
+
+
 @dataclass(frozen=True)
 class ReadAhead:
-    """Appended to a batch's items: the items of the batch the same worker gets next (the DataLoader deals
-    batches to its workers round-robin)."""
+    """Appended to a batch's items: the items of the next READ_AHEAD_BATCHES batches the same worker gets (the
+    DataLoader deals batches to its workers round-robin)."""
 
-    items: Tuple[Tuple[int, int, int], ...]
+    batches: Tuple[Tuple[Tuple[int, int, int], ...], ...]
 
 
 class _EpochBatches:
     """The DataLoader's batch sampler: the batches of the epoch being read, replaced before each epoch, so one
     DataLoader (and its worker processes) serves every epoch. With ``read_ahead_workers`` (object-storage
-    shards), each batch carries a :class:`ReadAhead` of the batch that many places later."""
+    shards), each batch carries a :class:`ReadAhead` of the batches that many places later."""
 
     def __init__(self):
         self.batches: List[List[Tuple[int, int, int]]] = []
@@ -264,14 +270,14 @@ class _EpochBatches:
         w, b = self.read_ahead_workers, self.batches
         if not w:
             return iter(b)
-        # a worker's next batch: w places later in this epoch, or, for the last w batches, the next epoch's batch
-        # that the same worker gets (the DataLoader deals each epoch round-robin from worker 0 again)
+        # worker r gets batches r, r + w, ... of this epoch, then (the DataLoader deals each epoch round-robin from
+        # worker 0 again) batches r, r + w, ... of the next: its next batches follow in that lane
+        lanes = [[tuple(x) for x in b[r::w] + self.next_batches[r::w]] for r in range(w)]
+
         def ahead(k: int):
-            if k + w < len(b):
-                return b[k + w]
-            j = k % w
-            return self.next_batches[j] if j < len(self.next_batches) else None
-        return iter([batch + [ReadAhead(tuple(a))] if (a := ahead(k)) else batch for k, batch in enumerate(b)])
+            lane, p = lanes[k % w], k // w
+            return tuple(lane[p + 1:p + 1 + READ_AHEAD_BATCHES])
+        return iter([batch + [ReadAhead(a)] if (a := ahead(k)) else batch for k, batch in enumerate(b)])
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -287,8 +293,10 @@ class EagerLoader(LoaderStateMixin):
         self._init_state(cfg, shards, rank, world_size, device, bad)
         get_clip_decoder(cfg.eager_decoder)  # a missing decoder package is an error now, not in a worker
         self._sampler = _EpochBatches()
-        # the workers' ring buffers last received (kept across epochs, as the workers are): see __iter__
-        self._ring_held = collections.deque(maxlen=(cfg.prefetch + 1) * max(cfg.num_workers, 1))
+        # batches delivered on the CPU come in the buffers of a BatchRing made before the workers fork (one per
+        # loader: kept across epochs and worker restarts); on CUDA the pin-memory thread copies them out instead
+        self._pinned = self.device.type == "cuda"
+        self._ring: Optional[BatchRing] = None
         if cfg.num_workers > 0 and self.samples and is_url(self.samples[0].tar):
             self._sampler.read_ahead_workers = cfg.num_workers
         self._loader, self._loader_seed = None, None
@@ -302,10 +310,20 @@ class EagerLoader(LoaderStateMixin):
             if cfg.num_workers > 0:
                 gc.collect()  # the workers fork at the first iteration: leave them no garbage (see _worker_init)
             on_gpu_decode = cfg.eager_decoder == "torchcodec" and cfg.num_workers == 0 and self.device.type == "cuda"
+            dataset = ClipDataset(cfg, self.samples, self.rank, st.seed, str(self.device))
+            dataset.pinned = self._pinned and not on_gpu_decode
+            if cfg.num_workers > 0 and not self._pinned and BatchRing.usable():
+                if self._ring is None:
+                    # per worker: prefetch batches queued + the one it writes + the consumer's current and last one
+                    self._ring = BatchRing(cfg.num_workers, cfg.prefetch + 3,
+                                           (cfg.batch_size * cfg.num_sample, cfg.num_frames, cfg.input_size,
+                                            cfg.input_size, 3))
+                self._ring.reset()  # new workers: what the old ones had taken and not sent is free
+                dataset.ring = self._ring
             self._loader = torch.utils.data.DataLoader(
-                ClipDataset(cfg, self.samples, self.rank, st.seed, str(self.device)), batch_sampler=self._sampler,
+                dataset, batch_sampler=self._sampler,
                 num_workers=cfg.num_workers, collate_fn=_batch_as_is,
-                pin_memory=self.device.type == "cuda" and not on_gpu_decode,
+                pin_memory=dataset.pinned,
                 prefetch_factor=cfg.prefetch if cfg.num_workers > 0 else None,
                 persistent_workers=cfg.num_workers > 0,
                 worker_init_fn=_worker_init if cfg.num_workers > 0 else None,
@@ -350,7 +368,6 @@ class EagerLoader(LoaderStateMixin):
                     raise
             pids = _stop_stalled_workers(loader)
             self.close()
-            self._ring_held.clear()
             where = f"batch {st.batch} of epoch {epoch}"
             if stalled_at == st.batch:
                 names = ", ".join(f"{s.tar}:{s.key}" for s in (self.samples[i] for _, _, i in self._sampler.batches[0]))
@@ -379,12 +396,10 @@ class EagerLoader(LoaderStateMixin):
                     f"{ClipDataset.MAX_REPLACEMENTS} samples in a row failed to load (last: {batch['bad'][-1][0]}: "
                     f"{batch['bad'][-1][1]}); the shards look broken: check them with `python -m amd_fast.shard "
                     "--verify --out <shard folder>` and rebuild the bad ones")
-            video = batch["video"]
-            if cfg.num_workers > 0 and not (self.device.type == "cuda" and self._loader.pin_memory):
-                # Hold the ring buffers received lately: torch maps a shared buffer it still holds only once
-                # (its shared-storage cache), so each ring buffer is mapped and faulted in once, not per batch.
-                self._ring_held.append(video)
-                video = _copy_out(video)  # out of the worker's ring buffer before the next batch is asked for
+            if "slot" in batch:  # written into the ring's buffer: handed out as it is
+                video = self._ring.receive(*batch["slot"])
+            else:
+                video = batch["video"]
             video = video.to(self.device, non_blocking=True).permute(0, 4, 1, 2, 3)  # channels-last view
             video = normalize_clips(video, self.out_dtype)
             yield {"video": video, "label": batch["label"].to(self.device, non_blocking=True)

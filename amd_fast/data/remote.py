@@ -488,8 +488,9 @@ def _call(url: str, what: str, fn):
             time.sleep(_backoff(attempt, s))
 
 
-def sizes_under(folder: str) -> Dict[str, int]:
-    """{url: size} of the objects directly under ``folder`` (one listing; empty if it lists nothing)."""
+def sizes_under(folder: str) -> Dict[str, Optional[int]]:
+    """{url: size} of the objects directly under ``folder`` (one listing; empty if it lists nothing). The size is
+    None where the listing gives none (an HTTP server's HTML index)."""
     fs = filesystem(folder)
     try:
         entries = _call(folder, "listing", lambda: fs.ls(_path(fs, folder), detail=True))
@@ -500,7 +501,7 @@ def sizes_under(folder: str) -> Dict[str, int]:
     for e in entries:
         if e.get("type", "file") == "file":
             name = e["name"]
-            out[name if "://" in name else f"{proto}://{name}"] = int(e.get("size") or 0)
+            out[name if "://" in name else f"{proto}://{name}"] = None if e.get("size") is None else int(e["size"])
     return out
 
 

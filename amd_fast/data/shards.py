@@ -123,8 +123,9 @@ def _remote_manifest_for(url: str, split: str):
                     len(tars), split)
         return None, tars
     raise ShardError(f"{redact(manifest)} does not exist, nor any {split}-*.tar beside it; upload the shard folder "
-                     f"that `python -m amd_fast.shard --out DIR` wrote (e.g. `aws s3 sync DIR {redact(url)}`) or fix "
-                     "data.shards")
+                     f"that `python -m amd_fast.shard --out DIR` wrote"
+                     + (f" (e.g. `aws s3 sync DIR {redact(url)}`)" if remote.protocol(url) in ("s3", "s3a") else "")
+                     + " or fix data.shards")
 
 
 def _via_local_copy(url: str, name: str, parse):
@@ -330,9 +331,10 @@ def _open_remote_tars(tars: List[str], idxs: List[str]) -> List[Tuple[str, str, 
     try:
         sizes: Dict[str, int] = {}
         for folder in dict.fromkeys(remote.parent(t) for t in tars):
-            sizes.update(remote.sizes_under(folder))
+            sizes.update({u: n for u, n in remote.sizes_under(folder).items() if n is not None})
         for t in tars:
-            if t not in sizes:  # not listed (no list permission, or a listing that lags): ask for it alone
+            # not listed (no list permission, a listing that lags) or listed without a size (an HTTP index page)
+            if t not in sizes:
                 sizes[t] = remote.size_of(t)
     except remote.RemoteNotFound as e:
         raise ShardError(f"shard {e.url} is missing; upload it again (or rebuild the shards with "

@@ -11,6 +11,8 @@ crops to the same size, ``num_sample`` crops per decode, uint8 on the device), s
   (:mod:`bench.parts.peers`): torchcodec's VideoDecoder in a DataLoader Dataset with torchvision v2 crops,
   decord's VideoReader the way the VideoMAE / AMD reference loaders use it, SPDL's thread-pool pipeline;
   each reads the same samples in the same order with the same clip plan as ours;
+* ``amd-reference`` — the AMD reference's own pretraining loader as written (decord, PIL crops and resizes per
+  frame, float normalisation in the worker; :mod:`bench.parts.peers`), on the same clips;
 * ``eager+torchcodec``, ``eager+decord``, ``eager+spdl`` — amd_fast's eager harness with only the decoder
   swapped (``data.eager_decoder``; on CUDA ``eager+torchcodec`` decodes with NVDEC in the main process).
 
@@ -42,6 +44,7 @@ log = logging.getLogger("bench.loaders")
 # name -> (backend, decoder): backend "peer" = the decoder's project used as its documentation shows (peers.py)
 LOADERS = {"dali": ("dali", "pyav"), "eager": ("eager", "pyav"),
            "torchcodec": ("peer", "torchcodec"), "decord": ("peer", "decord"), "spdl": ("peer", "spdl"),
+           "amd-reference": ("peer", "decord"),
            "eager+torchcodec": ("eager", "torchcodec"), "eager+decord": ("eager", "decord"),
            "eager+spdl": ("eager", "spdl")}
 
@@ -176,7 +179,7 @@ def run(args, device: torch.device, shards) -> tuple[list[dict], dict, list[str]
                     log.info("loader %s on %s shards, %d workers/threads%s", name, codec, workers,
                              f", {p} pipelines" if p else "")
                     try:
-                        row.update(_measure(cfg, s, device, peer=decoder if backend == "peer" else None,
+                        row.update(_measure(cfg, s, device, peer=name if backend == "peer" else None,
                                             workers=workers))
                         if limit and row.get("cpu_s_per_clip"):
                             row["decode_limit_fraction"] = 1 / row["cpu_s_per_clip"] / limit
@@ -198,7 +201,9 @@ def run(args, device: torch.device, shards) -> tuple[list[dict], dict, list[str]
                  "default collate, DataLoader workers; decord = its VideoReader + get_batch as the VideoMAE / AMD "
                  "reference loaders use it, torchvision crops, default collate, DataLoader workers; spdl = its "
                  "pipeline (PipelineBuilder, a thread pool of 'workers' threads: demux_video + sample_decode_video "
-                 "to rgb24, torch crops, aggregate, collate); eager+torchcodec, eager+decord, eager+spdl = amd_fast's "
+                 "to rgb24, torch crops, aggregate, collate); amd-reference = the AMD reference's pretraining loader "
+                 "as written (decord get_batch, a PIL image per frame, PIL crop + bilinear resize per frame and crop, "
+                 "Stack, ToTorchFormatTensor, GroupNormalize, float32 clips out of DataLoader workers); eager+torchcodec, eager+decord, eager+spdl = amd_fast's "
                  "eager harness with only the decoder swapped (data.eager_decoder; full RGB frames, a torch resize "
                  "per crop"
                  + ("; eager+torchcodec decodes with NVDEC in the main process" if device.type == "cuda" else "")

@@ -11,6 +11,13 @@ rows of :mod:`bench.parts.loaders`):
   a per-sample tensor; torch's default collate; ``DataLoader(num_workers=W)``.
 * ``decord`` — the VideoMAE / AMD reference loaders' way: ``decord.VideoReader(io.BytesIO(bytes), num_threads=1)``,
   ``get_batch(indices).asnumpy()``, torch / torchvision crops, default collate, DataLoader workers.
+* ``amd-reference`` — the AMD reference's own pretraining loader (MCG-NJU/AMD ``dataset/datasets.py`` ``VideoMAE`` with
+  ``dataset/build.py``'s ``DataAugmentationForMAE``), its per-sample work as written there: decord
+  ``VideoReader(num_threads=1)`` + ``get_batch``, one PIL image per frame, and per crop ``GroupMultiScaleCrop``
+  (PIL ``crop`` + ``resize(BILINEAR)`` per frame), ``Stack`` (``np.concatenate`` on channels),
+  ``ToTorchFormatTensor`` (float / 255), ``GroupNormalize`` (a ``sub_``/``div_`` per channel plane), the view to
+  (3, T, S, S), and its ``multiple_pretrain_samples_collate`` (the crops of a batch stacked by default collate):
+  float32 clips, normalized in the worker. Left out: its tube-mask draw (a shuffle of a few hundred booleans).
 * ``spdl`` — SPDL's pipeline (its recommended replacement for the DataLoader): ``PipelineBuilder().add_source(items)
   .pipe(load, concurrency=W).aggregate(B).pipe(collate).add_sink(...)``, a thread pool (no worker processes);
   ``load`` = ``spdl.io.demux_video`` + ``sample_decode_video(packets, indices, filter_desc=get_video_filter_desc(
@@ -20,7 +27,7 @@ Same clips as ours, for a fair comparison: the items are an :class:`~amd_fast.da
 own ``epoch_batches`` (same samples, same per-rank epoch order, same batches) and each position's clip plan is
 ``plan_clip(cfg, ..., sample_rng(seed, epoch, rank, position))`` (frames, crop boxes, flips); every crop is resized
 to ``cfg.input_size`` and a batch is delivered as uint8 ``(B * num_sample, 3, T, S, S)`` on the device, as our
-loader delivers it with ``dtype=uint8``. The batches of several epochs go to one DataLoader (one batch sampler
+loader delivers it with ``dtype=uint8`` (``amd-reference``: float32, normalized, as the reference delivers it). The batches of several epochs go to one DataLoader (one batch sampler
 over them), so worker start-up is paid once, in the warm-up, as with our loader's persistent workers. A sample
 that fails to decode fails the run (the documented recipes do not replace samples): the bench's row then says
 "not measured (...)".
@@ -34,7 +41,9 @@ from typing import Iterator, List, Sequence, Tuple
 import numpy as np
 import torch
 
-PEERS = ("torchcodec", "decord", "spdl")
+PEERS = ("torchcodec", "decord", "spdl", "amd-reference")
+# the package each peer decodes with (what decoders.decoder_problem checks)
+PEER_DECODER = {"torchcodec": "torchcodec", "decord": "decord", "spdl": "spdl", "amd-reference": "decord"}
 
 Item = Tuple[int, int, int]  # (epoch, position in the epoch, sample index)
 
@@ -98,6 +107,43 @@ class DecordDataset(_PeerDataset):
         return torch.from_numpy(vr.get_batch(idx).asnumpy()).permute(0, 3, 1, 2)  # (T, 3, H, W) view
 
 
+class AmdReferenceDataset(_PeerDataset):
+    """See the module doc: the reference's ``VideoMAE.__getitem__`` + ``DataAugmentationForMAE``, on our plan's frames
+    and crop boxes (the reference draws the same kind of box, ``GroupMultiScaleCrop``; pretraining never flips)."""
+
+    MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+    def __getitem__(self, k: int) -> List[torch.Tensor]:
+        import decord
+        from PIL import Image
+
+        from amd_fast.data.shards import read_sample
+
+        epoch, pos, i = self.items[k]
+        info, data = read_sample(self.samples[i])
+        plan = _plan(self.cfg, info, self.seed, epoch, self.rank, pos)
+        vr = decord.VideoReader(io.BytesIO(data), num_threads=1, ctx=decord.cpu(0))
+        frame_ids = np.minimum(np.asarray(plan.indices, dtype=np.int64), len(vr) - 1)
+        video = vr.get_batch(list(frame_ids)).asnumpy()
+        images = [Image.fromarray(video[t]).convert("RGB") for t in range(len(frame_ids))]
+        S, T = self.cfg.input_size, len(frame_ids)
+        crops = []
+        for (y0, x0, h, w), flip in zip(plan.boxes, plan.flips):
+            group = [img.crop((x0, y0, x0 + w, y0 + h)).resize((S, S), Image.BILINEAR) for img in images]
+            if flip:
+                group = [img.transpose(Image.FLIP_LEFT_RIGHT) for img in group]
+            x = torch.from_numpy(np.concatenate(group, axis=2)).permute(2, 0, 1).contiguous().float().div(255.)
+            for plane, m, s in zip(x, self.MEAN * T, self.STD * T):
+                plane.sub_(m).div_(s)
+            crops.append(x.view((T, 3) + x.size()[-2:]).transpose(0, 1))
+        return crops
+
+
+def _reference_collate(batch: List[List[torch.Tensor]]) -> torch.Tensor:
+    """The reference's ``multiple_pretrain_samples_collate``: every crop of the batch, default-collated."""
+    return torch.utils.data.default_collate([crop for crops in batch for crop in crops])
+
+
 def spdl_load(cfg, samples, rank: int, seed: int, item: Item) -> torch.Tensor:
     """SPDL's stage: one sample -> its (num_sample, 3, T, S, S) crops (demux, sampled decode to rgb24, torch)."""
     import spdl.io
@@ -146,12 +192,13 @@ def batches(name: str, cfg, n_batches: int, workers: int) -> Iterator[torch.Tens
     flat = [it for b in items for it in b]
     bounds = np.cumsum([0] + [len(b) for b in items])
     sampler = [list(range(bounds[k], bounds[k + 1])) for k in range(len(items))]
-    cls = TorchcodecDataset if name == "torchcodec" else DecordDataset
+    cls = {"torchcodec": TorchcodecDataset, "decord": DecordDataset, "amd-reference": AmdReferenceDataset}[name]
     loader = torch.utils.data.DataLoader(cls(cfg, ref.samples, flat, ref.rank, ref.state.seed),
                                          batch_sampler=sampler, num_workers=workers,
+                                         collate_fn=_reference_collate if name == "amd-reference" else None,
                                          pin_memory=device.type == "cuda")
-    for b in loader:  # default collate: (B, num_sample, 3, T, S, S)
-        yield b.flatten(0, 1).to(device, non_blocking=True)
+    for b in loader:  # default collate: (B, num_sample, 3, T, S, S); the reference's: (B * num_sample, ...)
+        yield (b if b.dim() == 5 else b.flatten(0, 1)).to(device, non_blocking=True)
 
 
 def _spdl_batches(cfg, ref, items, workers: int, device) -> Iterator[torch.Tensor]:

@@ -1,0 +1,58 @@
+"""Shards over plain HTTP(S) (issue 18): ``data.shards=https://host/prefix`` read by byte ranges from a real HTTP
+server on 127.0.0.1 (``tests/http_files``: Python's file server with ``Range`` support, in its own process).
+HTTP has no object listing: the server's HTML index is what fsspec lists, and it gives no sizes."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from amd_fast.data import build_loader, remote
+from amd_fast.data.shards import ShardError, open_shards
+from tests import http_files
+from tests.test_remote_shards import assert_same_batches, cfg_for, indices_and_videos
+
+pytest.importorskip("aiohttp", reason="fsspec's HTTP filesystem needs aiohttp (test extra)")
+
+
+@pytest.fixture(scope="module")
+def http_root(tmp_path_factory, synthetic_shards):
+    """A served folder: ``full/`` (the shard folder as built) and ``bare/`` (its tars and indexes, no manifest)."""
+    root = tmp_path_factory.mktemp("served")
+    shutil.copytree(synthetic_shards, root / "full")
+    (root / "bare").mkdir()
+    for f in synthetic_shards.glob("train-*"):
+        shutil.copy(f, root / "bare" / f.name)
+    proc, url = http_files.start(root)
+    yield url
+    proc.terminate()
+    proc.wait()
+
+
+@pytest.fixture(autouse=True)
+def fresh_remote():
+    remote.reset()
+    yield
+    remote.reset()
+
+
+def test_the_eager_loader_over_http_gives_the_local_batches(http_root, synthetic_shards):
+    far = indices_and_videos(build_loader(cfg_for(f"{http_root}/full")))
+    assert len(far) == 6
+    assert_same_batches(far, indices_and_videos(build_loader(cfg_for(synthetic_shards))))
+    by_manifest, near = open_shards(f"{http_root}/full/train.manifest.json", "train"), open_shards(synthetic_shards, "train")
+    assert [(s.key, s.info) for s in by_manifest.samples] == [(s.key, s.info) for s in near.samples]
+    assert all(t.startswith(f"{http_root}/full/train-") for t in by_manifest.tars)
+
+
+def test_tars_without_a_manifest_are_found_in_the_servers_index(http_root, synthetic_shards):
+    bare, near = open_shards(f"{http_root}/bare", "train"), open_shards(synthetic_shards, "train")
+    assert [(s.key, s.info) for s in bare.samples] == [(s.key, s.info) for s in near.samples]
+
+
+def test_a_missing_folder_is_one_line_naming_the_url(http_root):
+    with pytest.raises(ShardError) as e:
+        open_shards(f"{http_root}/nothere", "train")
+    msg = str(e.value)
+    assert f"{http_root}/nothere/train.manifest.json does not exist" in msg and "\n" not in msg
+    assert "aws s3" not in msg  # the S3 hint is for S3 URLs only
