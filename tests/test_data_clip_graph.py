@@ -1,5 +1,5 @@
 """The eager loader's one-pass PyAV clip path (``decoders.decode_pyav_clips``: crop, scale and RGB in one FFmpeg
-filter graph per video, in YUV) against the reference path it replaced (full-frame RGB, then a torch
+filter chain per crop, in YUV, the chains kept across videos) against the reference path it replaced (full-frame RGB, then a torch
 antialiased bilinear resize per crop, ``decoders.frames_to_clips``): the same frames and boxes, pixels that
 differ only by the resampling filter (mean absolute difference under one grey level on natural-statistics
 video), flips that mirror, the pad-edge rule for frames past the end, and full-range (JPEG) colour kept."""
@@ -29,7 +29,10 @@ def scene_videos():
     Chroma is scaled at half resolution and upsampled at the output size, so on content with much colour
     detail per pixel the difference to the reference grows in red and blue (see the bound below)."""
     frames = render_scene("clip-graph-test", 1, classes=4, frames=24, width=426, height=320, seed=0)
-    return {codec: encode_frames(iter(frames), 426, 320, 25, codec, 8).data for codec in ("vp9", "h264", "mjpeg")}
+    videos = {codec: encode_frames(iter(frames), 426, 320, 25, codec, 8).data for codec in ("vp9", "h264", "mjpeg")}
+    small = render_scene("clip-graph-test", 2, classes=4, frames=8, width=160, height=160, seed=1)
+    videos["vp9_small"] = encode_frames(iter(small), 160, 160, 25, "vp9", 8).data
+    return videos
 
 
 
@@ -105,6 +108,31 @@ def test_a_frame_size_other_than_the_shards_is_a_decode_error(scene_videos):
                           expect_hw=(240, 320))
 
 
+def test_chains_kept_across_videos_give_what_fresh_ones_give(scene_videos):
+    """One CropChains re-pointed by filter commands from video to video (boxes, sizes, flips, crop counts, frame
+    geometries and codecs change; one video fails half-way) writes the bytes a fresh one writes."""
+    small = scene_videos["vp9_small"]
+    jobs = [(scene_videos["vp9"], ClipPlan(np.array([1, 5, 9]), BOXES, (False, True, False)), None),
+            (scene_videos["h264"], ClipPlan(np.array([2, 3, 30]), BOXES[::-1], (True, True, False)), None),
+            (small, ClipPlan(np.array([0, 4]), ((10, 20, 100, 120), (0, 0, 160, 160)), (False, True)), None),
+            (scene_videos["vp9"], ClipPlan(np.array([4, 6]), BOXES[:1], (False,)), (240, 320)),  # fails
+            (scene_videos["vp9"], ClipPlan(np.array([0, 7, 8]), BOXES[1:], (True, False)), None),
+            (scene_videos["mjpeg"], ClipPlan(np.array([3, 4]), BOXES[:2], (False, True)), None)]
+    kept = decoders.CropChains(S)
+    for data, plan, hw in jobs:
+        shape = (len(plan.boxes), len(plan.indices), S, S, 3)
+        got, want = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
+        if hw is not None:
+            with pytest.raises(decoders.DecodeError):
+                decode_pyav_clips(data, plan, S, got, expect_hw=hw, chains=kept)
+            continue
+        decode_pyav_clips(data, plan, S, got, chains=kept)
+        decode_pyav_clips(data, plan, S, want)
+        assert np.array_equal(got, want)
+    # the failure dropped every chain; then 426x320 yuv420p and 426x320 yuvj420p (MJPEG, full range) were built
+    assert [g[:3] for g in kept._by_geometry] == [(426, 320, "yuv420p"), (426, 320, "yuvj420p")]
+
+
 @pytest.mark.parametrize("mode", ["pretrain", "finetune-train", "finetune-test-views"])
 def test_loader_batches_match_the_reference_path(synthetic_shards, monkeypatch, mode):
     """Through the whole eager loader (workers, shared-memory batch buffer, replacements off): pretraining's
@@ -141,8 +169,8 @@ def test_skipping_unwanted_b_frames_keeps_the_wanted_frames_exact(scene_videos):
     come out bit-identical, and fewer frames are decoded."""
     idx = [5, 9, 13, 17, 21]
     full, skipped = {}, {}
-    a = decoders._decode_wanted(scene_videos["h264"], idx, 1, full, lambda f: f.to_ndarray())
-    b = decoders._decode_wanted(scene_videos["h264"], idx, 1, skipped, lambda f: f.to_ndarray(), skip_unwanted=True)
+    a = decoders._decode_wanted(scene_videos["h264"], idx, 1, full, lambda f, i: f.to_ndarray())
+    b = decoders._decode_wanted(scene_videos["h264"], idx, 1, skipped, lambda f, i: f.to_ndarray(), skip_unwanted=True)
     assert sorted(a) == sorted(b) == idx
     assert all(np.array_equal(a[i], b[i]) for i in idx)
     assert skipped["decoded"] < full["decoded"]  # x264 veryfast writes B-frames: some were not decoded

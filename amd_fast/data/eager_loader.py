@@ -8,7 +8,7 @@ than float). ``data.eager_decoder`` picks the decoder (``decoders.py``: pyav, to
 seeking to the keyframe before the clip.
 
 Where the CPU goes (issue 17): with PyAV each wanted frame is cropped, scaled and converted to RGB in one
-FFmpeg filter-graph pass while still YUV (``decoders.CropGraph``), the ``num_sample`` crops of a sample
+FFmpeg filter-chain pass while still YUV (``decoders.CropChains``), the ``num_sample`` crops of a sample
 share its decode, and a worker writes every crop straight into a shared-memory batch buffer
 (:meth:`ClipDataset.__getitems__`): on the CPU one of the main process's :class:`~.batch_ring.BatchRing`, handed
 out as the batch without a copy (the main process's CPU per clip fell from ~1.1 ms to under 0.1 ms); on CUDA
