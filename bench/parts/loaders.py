@@ -6,7 +6,8 @@ crops to the same size, ``num_sample`` crops per decode, uint8 on the device), s
 * ``dali`` — amd_fast's DALI pipeline (CPU decoder on CPU; NVDEC 'mixed' on CUDA, at each count of
   ``--loader-pipelines``, with the decoder utilisation sampled by ``nvidia-smi``);
 * ``eager`` — amd_fast's eager loader: PyAV in DataLoader workers (seeking to the keyframe before the clip,
-  crop+scale+RGB in one FFmpeg filter graph, crops written into a shared-memory batch buffer);
+  crop+scale+RGB in one FFmpeg filter-chain pass per crop, crops written into shared-memory batch buffers the
+  main process hands out without a copy);
 * ``torchcodec``, ``decord``, ``spdl`` — the peers used as their own documentation shows them
   (:mod:`bench.parts.peers`): torchcodec's VideoDecoder in a DataLoader Dataset with torchvision v2 crops,
   decord's VideoReader the way the VideoMAE / AMD reference loaders use it, SPDL's thread-pool pipeline;
@@ -195,7 +196,8 @@ def run(args, device: torch.device, shards) -> tuple[list[dict], dict, list[str]
                  f"{s['num_sample']} multi-scale crops per decoded video to {s['input_size']}px, uint8 on {device}, as "
                  "the trainers take them: they normalize as the step's first op). Rows: dali = amd_fast's DALI "
                  "pipeline; eager = amd_fast's eager loader (PyAV in DataLoader workers, crop+scale+RGB in one FFmpeg "
-                 "filter graph, crops written into a shared-memory batch buffer); torchcodec, decord, spdl = each "
+                 "filter-chain pass per crop, crops written into shared-memory batch buffers handed out without a "
+                 "copy); torchcodec, decord, spdl = each "
                  "peer used as its own documentation shows it (bench/parts/peers.py): torchcodec = its VideoDecoder "
                  "(approximate seek, 1 FFmpeg thread) in a map-style Dataset, torchvision v2 resized_crop per crop, "
                  "default collate, DataLoader workers; decord = its VideoReader + get_batch as the VideoMAE / AMD "
