@@ -92,9 +92,11 @@ def build(out: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         for k, window in enumerate(WINDOWS):
             target = folder / f"{Path(source).stem}_{k}.mp4"
-            if not target.exists():
+            if not target.exists():  # written under another name and renamed: a killed run leaves no torn video
                 log.info("encoding %s", target)
-                _encode(frames, window, target)
+                part = target.with_name(f".{target.stem}.part.mp4")
+                _encode(frames, window, part)
+                part.replace(target)
     build_shards(ShardOptions(src="folder", root=videos, out=out, splits=("train",), codec="copy", seed=0,
                               progress=False))
     return out

@@ -83,7 +83,8 @@ def test_remote_bench_reports_both_sides_and_keeps_the_endpoints_cpu_out_of_the_
     """bench/remote_speed.py on the tiny shards: one local and one remote round, the summary's ratios, and the
     endpoint's processes (server, proxy) busy only while the loader reads from the bucket."""
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "remote_speed.py"), "--shards", str(synthetic_shards),
-                        "--workers", "1", "--rounds", "1", "--batches", "3", "--warmup", "1", "--input-size", "32",
+                        # 10 timed batches: more than a worker reads ahead (2), so the endpoint serves inside the window
+                        "--workers", "1", "--rounds", "1", "--batches", "10", "--warmup", "1", "--input-size", "32",
                         "--num-sample", "2", "--latency", "0.01"], cwd=ROOT, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -130,7 +130,7 @@ class ClipDataset(torch.utils.data.Dataset):
         replacements), ``bad`` [(where, why)], or ``broken``.
 
         The batch's samples are read first, in one :func:`~amd_fast.data.shards.read_samples` call (on object
-        storage its ranged reads overlap, and a trailing :class:`ReadAhead` item names the batch this worker
+        storage its ranged reads overlap, and a trailing :class:`ReadAhead` item names the batches this worker
         gets next, whose reads then run while this one decodes); replacements, rare, are read one by one."""
         ahead = None
         if items and isinstance(items[-1], ReadAhead):
@@ -357,8 +357,8 @@ class EagerLoader(LoaderStateMixin):
             self._sampler.batches = [[(epoch, pos, int(i)) for pos, i in batch]
                                      for batch in self.epoch_batches(epoch, st.batch)]
             if self._sampler.read_ahead_workers:  # the next epoch's order is known already: read ahead across the seam
-                self._sampler.next_batches = [[(epoch + 1, pos, int(i)) for pos, i in batch]
-                                              for batch in self.epoch_batches(epoch + 1)[:cfg.num_workers]]
+                seam = self.epoch_batches(epoch + 1)[:READ_AHEAD_BATCHES * cfg.num_workers]
+                self._sampler.next_batches = [[(epoch + 1, pos, int(i)) for pos, i in batch] for batch in seam]
             try:
                 for batch in loader:
                     yield batch
