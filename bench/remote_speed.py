@@ -19,8 +19,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,18 +26,13 @@ sys.path.insert(0, str(ROOT))
 
 
 def start_moto():
-    from tests.s3_endpoint import S3Endpoint, free_port
+    from tests.s3_endpoint import S3Endpoint, free_port, wait_until_serving
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(600):
-        try:
-            urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.1)
+    wait_until_serving(f"{url}/moto-api/", proc, "moto server")
     env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret",
            "AWS_DEFAULT_REGION": "us-east-1"}
     return proc, S3Endpoint(url=url, env=env)

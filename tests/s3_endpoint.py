@@ -17,12 +17,29 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict
 
 import pytest
+
+
+def wait_until_serving(url: str, proc: subprocess.Popen, what: str, timeout_s: float = 60) -> None:
+    """Block until ``url`` answers HTTP (any status); a RuntimeError naming ``what`` if ``proc`` exits or
+    ``timeout_s`` passes first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except urllib.error.HTTPError:
+            return  # it answered
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start on {url}")
+            time.sleep(0.1)
 
 
 def free_port() -> int:
@@ -69,15 +86,7 @@ def s3_endpoint(tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto server did not start (see {log.name})")
-                time.sleep(0.1)
+        wait_until_serving(f"{url}/moto-api/", proc, f"moto server (see {log.name})")
         yield S3Endpoint(url=url, env={"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing",
                                        "AWS_SECRET_ACCESS_KEY": "testing-secret", "AWS_DEFAULT_REGION": "us-east-1"})
     finally:

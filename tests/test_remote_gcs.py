@@ -9,15 +9,14 @@ import importlib.util
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 
-from amd_fast.data import build_loader, remote
+from amd_fast.data import build_loader
 from amd_fast.data.shards import ShardError, open_shards
-from tests.s3_endpoint import free_port
+from tests.s3_endpoint import free_port, wait_until_serving
 from tests.test_remote_shards import assert_same_batches, cfg_for, indices_and_videos
+from tests.test_remote_shards import fresh_remote  # noqa: F401 (autouse: each test starts with fresh remote settings)
 
 os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"  # before gcsfs is imported (see the module doc)
 pytestmark = pytest.mark.skipif(
@@ -35,12 +34,7 @@ def gcs_bucket(synthetic_shards):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     saved = os.environ.get("STORAGE_EMULATOR_HOST")
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_until_serving(f"{url}/storage/v1/b", proc, "gcp-storage-emulator")
         os.environ["STORAGE_EMULATOR_HOST"] = url
         import gcsfs
 
@@ -54,13 +48,6 @@ def gcs_bucket(synthetic_shards):
             os.environ["STORAGE_EMULATOR_HOST"] = saved
         proc.terminate()
         proc.wait()
-
-
-@pytest.fixture(autouse=True)
-def fresh_remote():
-    remote.reset()
-    yield
-    remote.reset()
 
 
 def test_the_eager_loader_from_gcs_gives_the_local_batches(gcs_bucket, synthetic_shards):

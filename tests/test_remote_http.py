@@ -7,10 +7,11 @@ import shutil
 
 import pytest
 
-from amd_fast.data import build_loader, remote
+from amd_fast.data import build_loader
 from amd_fast.data.shards import ShardError, open_shards
 from tests import http_files
 from tests.test_remote_shards import assert_same_batches, cfg_for, indices_and_videos
+from tests.test_remote_shards import fresh_remote  # noqa: F401 (autouse: each test starts with fresh remote settings)
 
 pytest.importorskip("aiohttp", reason="fsspec's HTTP filesystem needs aiohttp (test extra)")
 
@@ -27,13 +28,6 @@ def http_root(tmp_path_factory, synthetic_shards):
     yield url
     proc.terminate()
     proc.wait()
-
-
-@pytest.fixture(autouse=True)
-def fresh_remote():
-    remote.reset()
-    yield
-    remote.reset()
 
 
 def test_the_eager_loader_over_http_gives_the_local_batches(http_root, synthetic_shards):
