@@ -85,7 +85,13 @@ def build(out: Path) -> Path:
     if (out / "train.manifest.json").exists():
         log.info("%s is built already", out)
         return out
+    if out.exists() and not out.is_dir():  # before a minute of encoding, not after
+        raise InputError(f"--out {out} is a file; give a folder for the shards")
     videos = out.parent / f".{out.name}-videos"
+    try:
+        videos.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"--out {out}: cannot create {videos} ({e.strerror or e}); give a writable folder") from None
     for source in SOURCES:
         frames = _frames(_footage(source))
         folder = videos / "train" / Path(source).stem
