@@ -269,3 +269,25 @@ def test_uint8_batches_held_by_the_consumer_are_never_overwritten(synthetic_shar
                       lambda b: (b["video"].data_ptr(), b["video"].float().mean().item()))
     assert [m for _, m in buffers] == [v.float().mean().item() for v in want]
     assert len({ptr for ptr, _ in buffers}) <= 2 * (1 + 3)  # workers x ring slots: reused, not one per batch
+
+
+def _take_in_child(ring, q):
+    q.put(ring.take(0)[0])
+
+
+def test_a_spawned_worker_shares_the_rings_flags():
+    """Under the spawn start method the ring is pickled to the worker: its buffers and flags stay shared (a worker
+    whose flags were a private copy would never see a buffer freed, nor the main process see one taken)."""
+    import torch.multiprocessing as mp
+
+    from amd_fast.data.batch_ring import BatchRing
+
+    ring = BatchRing(1, 3, (2, 2))
+    ring.reset()  # the main process's numpy view of the flags exists before the worker starts
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_take_in_child, args=(ring, q))
+    p.start()
+    taken = q.get(timeout=120)
+    p.join(timeout=60)
+    assert taken == 0 and ring.busy.tolist() == [[1, 0, 0]]

@@ -46,6 +46,9 @@ class BatchRing:
         it the workers send a fresh buffer with every batch."""
         return hasattr(torch._C, "_storage_Use_Count")
 
+    def __getstate__(self):  # a spawned worker gets the shared tensors, and makes its own view of the flags
+        return {**self.__dict__, "_busy_np": None}
+
     def _flags(self):
         if self._busy_np is None:
             self._busy_np = self.busy.numpy()
