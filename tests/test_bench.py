@@ -103,6 +103,7 @@ def _check_documented_peers_read_our_clips(synthetic_shards) -> None:
     from amd_fast.data.decoders import decoder_problem
     from amd_fast.normalization import IMAGENET_MEAN, IMAGENET_STD
     from bench.parts import peers
+    from bench.parts.loaders import LOADERS
 
     cfg = DataConfig(shards=str(synthetic_shards), split="train", device="cpu", batch_size=2, num_frames=4,
                      sampling_rate=2, input_size=32, num_sample=2, seed=0, dtype="uint8", backend="eager",
@@ -110,7 +111,7 @@ def _check_documented_peers_read_our_clips(synthetic_shards) -> None:
     ours = next(iter(build_loader(cfg)))["video"].float()
     checked = 0
     for name in peers.PEERS:
-        if decoder_problem(peers.PEER_DECODER[name]) is not None:
+        if decoder_problem(LOADERS[name][1]) is not None:
             continue
         got = peers.first_batch(name, cfg)
         assert got.shape == ours.shape, name
@@ -123,7 +124,7 @@ def _check_documented_peers_read_our_clips(synthetic_shards) -> None:
         checked += 1
     # and a different epoch / seed is a different clip: the bound above is not loose enough to pass anything
     if checked:
-        name = next(n for n in peers.PEERS if decoder_problem(peers.PEER_DECODER[n]) is None)
+        name = next(n for n in peers.PEERS if decoder_problem(LOADERS[n][1]) is None)
         other = peers.first_batch(name, dataclasses.replace(cfg, seed=1))
         assert (other.float() - ours).abs().mean() > 3
 

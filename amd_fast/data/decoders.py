@@ -284,15 +284,10 @@ def decode_pyav_clips(data: bytes, plan, size: int, out: np.ndarray, threads: in
     except BaseException:
         chains.reset()
         raise
-    if not got:
-        raise DecodeError("no frame decoded")
-    # positions past the last decodable frame repeat the one before (as _pad_edge: DALI's pad_mode='edge')
-    decoded = sorted(got)
-    for k, want in enumerate(indices):
-        if want not in got:
-            j = int(np.searchsorted(decoded, want, side="right")) - 1
-            src = indices.index(decoded[max(j, 0)])
-            out[:, k] = out[:, src]
+    # positions past the last decodable frame take the frame _pad_edge picks (DALI's pad_mode='edge')
+    for k, source in enumerate(_pad_edge({i: i for i in got}, indices)):
+        if source != indices[k]:
+            out[:, k] = out[:, indices.index(source)]
 
 
 def crop_resize(frames, box, size: int, flip: bool):

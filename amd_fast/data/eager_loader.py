@@ -72,7 +72,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.pinned = False
         # per process, filled after the fork: the worker's own ring of batch buffers (when ``pinned``), its
         # read-ahead thread and read
-        self._ring: List[torch.Tensor] = []
+        self._pinned_ring: List[torch.Tensor] = []
         self._slot = 0
         self._reader: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._pending: dict = {}
@@ -116,7 +116,7 @@ class ClipDataset(torch.utils.data.Dataset):
                 return taken[1][:n * ns], taken[0]
         if not self.pinned:  # nobody copies it out and no ring here: a buffer of its own
             return torch.empty((n * ns,) + shape[1:], dtype=torch.uint8).share_memory_(), None
-        ring, slot = self._ring, self._slot
+        ring, slot = self._pinned_ring, self._slot
         self._slot += 1
         if len(ring) < cfg.prefetch + 1:
             storage = torch.empty(0, dtype=torch.uint8)._typed_storage()._new_shared(int(np.prod(shape)))

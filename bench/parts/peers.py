@@ -41,9 +41,7 @@ from typing import Iterator, List, Sequence, Tuple
 import numpy as np
 import torch
 
-PEERS = ("torchcodec", "decord", "spdl", "amd-reference")
-# the package each peer decodes with (what decoders.decoder_problem checks)
-PEER_DECODER = {"torchcodec": "torchcodec", "decord": "decord", "spdl": "spdl", "amd-reference": "decord"}
+PEERS = ("torchcodec", "decord", "spdl", "amd-reference")  # the decoder each uses: bench.parts.loaders.LOADERS
 
 Item = Tuple[int, int, int]  # (epoch, position in the epoch, sample index)
 
