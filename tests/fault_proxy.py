@@ -124,17 +124,7 @@ class _Forward(BaseHTTPRequestHandler):
             p._stop.wait(p.stall_s)
             self.close_connection = True
             return
-        conn = http.client.HTTPConnection(*p.upstream, timeout=60)
-        try:
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
-            conn.request(self.command, self.path, body=body if body or self.command in ("PUT", "POST") else None,
-                         headers=headers)
-            r = conn.getresponse()
-            data = r.read()
-            out_headers = [(k, v) for k, v in r.getheaders() if k.lower() not in _HOP_HEADERS | {"content-length"}]
-            status, length = r.status, r.getheader("Content-Length")
-        finally:
-            conn.close()
+        status, out_headers, length, data = self._forward(body)
         if what == "drop" and len(data) > 1:
             p.count("drop")
             self.send_response(status)
@@ -149,6 +139,38 @@ class _Forward(BaseHTTPRequestHandler):
             return
         # HEAD: no body, but the object's length as upstream said it (clients read sizes from it)
         self._reply(status, data, out_headers, length=length if self.command == "HEAD" else None)
+
+    def _forward(self, body: bytes):
+        """The upstream's answer to this request, over a connection kept for as long as the client's (an S3
+        client pools its connections, and a fresh upstream connection per request would cost the endpoint a
+        connection and a thread each time; one retry on a fresh connection if the kept one was closed)."""
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
+        for attempt in (0, 1):
+            conn = getattr(self, "_upstream", None)
+            if conn is None:
+                conn = self._upstream = http.client.HTTPConnection(*self.owner.upstream, timeout=60)
+            try:
+                conn.request(self.command, self.path, body=body if body or self.command in ("PUT", "POST") else None,
+                             headers=headers)
+                r = conn.getresponse()
+                data = r.read()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                conn.close()
+                self._upstream = None
+                if attempt:
+                    raise
+                continue
+            if r.will_close:
+                conn.close()
+                self._upstream = None
+            out_headers = [(k, v) for k, v in r.getheaders() if k.lower() not in _HOP_HEADERS | {"content-length"}]
+            return r.status, out_headers, r.getheader("Content-Length"), data
+        raise AssertionError("unreachable")
+
+    def finish(self) -> None:
+        super().finish()
+        if getattr(self, "_upstream", None) is not None:
+            self._upstream.close()
 
     def _reply(self, status: int, data: bytes, headers=(("Content-Type", "application/xml"),),
                length: Optional[str] = None) -> None:

@@ -79,10 +79,12 @@ def test_train_from_a_bucket_killed_and_resumed(s3_endpoint, bucket_shards, tmp_
     assert s3_endpoint.env["AWS_SECRET_ACCESS_KEY"] not in next(log_dir.rglob("config.yaml")).read_text()
 
 
-def test_remote_bench_reports_both_sides_and_keeps_the_endpoints_cpu_out_of_the_loaders(synthetic_shards):
+@pytest.mark.parametrize("endpoint", ["rclone", "moto"])
+def test_remote_bench_reports_both_sides_and_keeps_the_endpoints_cpu_out_of_the_loaders(synthetic_shards, endpoint):
     """bench/remote_speed.py on the tiny shards: one local and one remote round, the summary's ratios, and the
     endpoint's processes (server, proxy) busy only while the loader reads from the bucket."""
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "remote_speed.py"), "--shards", str(synthetic_shards),
+                        "--endpoint", endpoint,
                         # 10 timed batches: more than a worker reads ahead (2), so the endpoint serves inside the window
                         "--workers", "1", "--rounds", "1", "--batches", "10", "--warmup", "1", "--input-size", "32",
                         "--num-sample", "2", "--latency", "0.01"], cwd=ROOT, capture_output=True, text=True,
@@ -93,5 +95,6 @@ def test_remote_bench_reports_both_sides_and_keeps_the_endpoints_cpu_out_of_the_
     assert set(rows) == {"local", "remote"} and all(x["clips_per_s"] > 0 for x in rows.values())
     assert rows["local"]["endpoint_cores"] < rows["remote"]["endpoint_cores"]
     assert all(x["loader_cpu_ms_per_clip"] > 0 for x in rows.values())
+    assert summary["endpoint"] == endpoint
     assert summary["remote_over_local"] == pytest.approx(rows["remote"]["clips_per_s"] / rows["local"]["clips_per_s"],
                                                          abs=1e-3)

@@ -15,8 +15,10 @@ import pytest
 from amd_fast.data import build_loader
 from amd_fast.data.shards import ShardError, open_shards
 from tests.s3_endpoint import free_port, wait_until_serving
-from tests.test_remote_shards import assert_same_batches, cfg_for, indices_and_videos
-from tests.test_remote_shards import fresh_remote  # noqa: F401 (autouse: each test starts with fresh remote settings)
+from tests.test_remote_shards import assert_flaky_epochs_lose_nothing, assert_same_batches, cfg_for, indices_and_videos
+# fixtures: fresh_remote is autouse (each test starts with fresh remote settings); proxy_in_front puts the FaultProxy
+# in front of the emulator
+from tests.test_remote_shards import fresh_remote, proxy_in_front  # noqa: F401
 
 os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"  # before gcsfs is imported (see the module doc)
 pytestmark = pytest.mark.skipif(
@@ -63,3 +65,18 @@ def test_a_missing_prefix_is_one_line_naming_the_url(gcs_bucket):
     with pytest.raises(ShardError) as e:
         open_shards("gs://shards/nothere", "train")
     assert "gs://shards/nothere/train.manifest.json does not exist" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_epoch_through_a_flaky_proxy_from_gcs_delivers_every_sample_exactly_once(proxy_in_front, gcs_bucket,
+                                                                                   synthetic_shards):
+    # gcsfs retries on its own; amd_fast turns that off so that every fault is retried once, here, and counted
+    proxy = proxy_in_front("STORAGE_EMULATOR_HOST", fail_rate=0.08, drop_rate=0.05, seed=5)
+    assert_flaky_epochs_lose_nothing(gcs_bucket, synthetic_shards, proxy, num_workers=0)
+
+
+def test_a_forbidden_bucket_on_gcs_is_one_line_naming_the_url_and_the_credentials(proxy_in_front, gcs_bucket):
+    proxy_in_front("STORAGE_EMULATOR_HOST", forbid=["/storage/v1/b/shards", "/download/storage/v1/b/shards"])
+    with pytest.raises(ShardError) as e:
+        open_shards(gcs_bucket, "train")
+    msg = str(e.value)
+    assert f"{gcs_bucket}/train.manifest.json" in msg and "GOOGLE_APPLICATION_CREDENTIALS" in msg and "\n" not in msg

@@ -5,6 +5,7 @@ The shared synthetic VP9 shards are uploaded once; every test compares what the 
 with what they read from the local copy."""
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -31,19 +32,26 @@ def bucket_shards(s3_endpoint, synthetic_shards) -> str:
 
 
 @pytest.fixture
-def proxy_env(s3_env, monkeypatch):
-    """Start a FaultProxy in front of the endpoint and point AWS_ENDPOINT_URL at it: ``proxy_env(**faults)``."""
+def proxy_in_front(monkeypatch):
+    """``proxy_in_front(env_var, **faults)``: a FaultProxy in front of the endpoint that ``env_var`` names, and
+    ``env_var`` pointed at the proxy (AWS_ENDPOINT_URL for S3, STORAGE_EMULATOR_HOST for GCS)."""
     started = []
 
-    def start(**faults) -> FaultProxy:
-        p = FaultProxy(s3_env.url, **faults).start()
+    def start(env_var: str, **faults) -> FaultProxy:
+        p = FaultProxy(os.environ[env_var], **faults).start()
         started.append(p)
-        monkeypatch.setenv("AWS_ENDPOINT_URL", p.url)
+        monkeypatch.setenv(env_var, p.url)
         return p
 
     yield start
     for p in started:
         p.close()
+
+
+@pytest.fixture
+def proxy_env(s3_env, proxy_in_front):
+    """Start a FaultProxy in front of the S3 endpoint: ``proxy_env(**faults)``."""
+    return lambda **faults: proxy_in_front("AWS_ENDPOINT_URL", **faults)
 
 
 def cfg_for(shards, **kw):
@@ -66,6 +74,23 @@ def assert_same_batches(a, b):
     assert [i for i, _ in a] == [i for i, _ in b]
     for (_, va), (_, vb) in zip(a, b):
         assert torch.equal(va, vb)
+
+
+def assert_flaky_epochs_lose_nothing(shards, synthetic_shards, proxy, **kw):
+    """Two shuffled epochs from ``shards`` (read through ``proxy``) give the local batches, every sample exactly
+    once, and every fault the proxy injected was retried once by amd_fast and counted."""
+    kw = dict(train=True, shuffle=True, drop_last=False, **kw)
+    remote.COUNTERS.take_epoch()
+    loader = build_loader(cfg_for(shards, **kw))
+    epochs = [indices_and_videos(loader) for _ in range(2)]  # deterministic draws: the same faults every run
+    retried = remote.COUNTERS.take_epoch()
+    local = build_loader(cfg_for(synthetic_shards, **kw))
+    for far in epochs:
+        assert_same_batches(far, indices_and_videos(local))
+        assert sorted(i for idx, _ in far for i in idx) == list(range(24))
+    assert proxy.counts["fail"] + proxy.counts["drop"] >= 1
+    assert sum(retried.values()) == proxy.counts["fail"] + proxy.counts["drop"]
+    assert "gave up after retries" not in retried and loader.bad_samples == {}
 
 
 # ---- URLs, errors, settings (no endpoint) ----------------------------------------------------------------
@@ -116,18 +141,7 @@ def test_an_epoch_through_a_flaky_proxy_delivers_every_sample_exactly_once(proxy
                                                                             synthetic_shards):
     # 5% of the sample reads answer 500 and 3% are cut mid-body; retried, counted, never lost or doubled
     proxy = proxy_env(fail_rate=0.05, drop_rate=0.03, seed=3)
-    remote.COUNTERS.take_epoch()
-    loader = build_loader(cfg_for(bucket_shards, train=True, shuffle=True, drop_last=False))
-    epochs = [indices_and_videos(loader) for _ in range(2)]  # two epochs: 50 sample reads, deterministic draws
-    local = build_loader(cfg_for(synthetic_shards, train=True, shuffle=True, drop_last=False))
-    for far in epochs:
-        near = indices_and_videos(local)
-        assert_same_batches(far, near)
-        assert sorted(i for idx, _ in far for i in idx) == list(range(24))  # every sample exactly once
-    retried = remote.COUNTERS.take_epoch()
-    assert proxy.counts["fail"] + proxy.counts["drop"] >= 1
-    assert sum(retried.values()) == proxy.counts["fail"] + proxy.counts["drop"]
-    assert "gave up after retries" not in retried and loader.bad_samples == {}
+    assert_flaky_epochs_lose_nothing(bucket_shards, synthetic_shards, proxy)
 
 
 def test_resume_from_a_bucket_after_a_kill_gives_the_local_batches(s3_env, bucket_shards, synthetic_shards):

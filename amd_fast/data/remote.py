@@ -33,6 +33,7 @@ import os
 import random
 import threading
 import time
+import types
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -159,6 +160,8 @@ def classify(e: BaseException) -> Tuple[str, str]:
     if isinstance(e, FileNotFoundError) or status == 404:
         return "permanent", "not found"
     if isinstance(e, PermissionError) or status in (401, 403) or "NoCredentialsError" in names:
+        return "permanent", "forbidden"
+    if type(e) is OSError and str(e).startswith("Forbidden:"):  # gcsfs's 403: a bare OSError, no status
         return "permanent", "forbidden"
     if status is not None and (status >= 500 or status in (408, 429)):
         return "transient", f"http {status}"
@@ -307,7 +310,12 @@ def filesystem(url: str):
                 # client, its connections and the event loop stay per process.
                 fs = s3fs.S3FileSystem(skip_instance_cache=True, session=_aio_session, config_kwargs={
                     "retries": {"total_max_attempts": 1}, "connect_timeout": s.timeout_s, "read_timeout": s.timeout_s,
-                    "max_pool_connections": max(10, s.concurrency)})
+                    "max_pool_connections": max(10, s.concurrency),
+                    # botocore checks a response's x-amz-checksum-* against its body; some S3 servers (rclone's)
+                    # send the whole object's checksum with a byte range, which then never matches. AWS sends none
+                    # for ranges, so this only skips checks on whole small objects (manifest, .idx), which are
+                    # parsed and checked on their own.
+                    "response_checksum_validation": "when_required"})
                 fs.retries = 1  # s3fs's own retry loop: one attempt
             else:
                 try:
@@ -317,6 +325,11 @@ def filesystem(url: str):
 
                     raise InputError(f"data.shards {redact(url)} needs the fsspec backend for {proto}:// ({e}); "
                                      f"install it, e.g. `pip install amd_fast[{'gcs' if proto == 'gs' else 's3'}]`")
+                unwrapped = getattr(getattr(type(fs), "_request", None), "__wrapped__", None)
+                if proto in ("gs", "gcs") and unwrapped is not None:
+                    # gcsfs retries every request up to 6 times on its own (backoff up to 32 s, uncounted, beyond
+                    # data.remote_timeout_s): this instance's requests go out once, without that wrapper
+                    fs._request = types.MethodType(unwrapped, fs)
             if len(_filesystems) > 16:  # entries of forked parents' pids: drop them
                 for k in [k for k in _filesystems if k[0] != os.getpid()]:
                     del _filesystems[k]
