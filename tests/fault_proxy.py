@@ -5,7 +5,9 @@ request: waits ``latency`` seconds (a far-away bucket), answers 500 ``InternalEr
 ``fail_rate`` (S3's own body, so clients parse it as S3 would send it), closes the connection mid-response
 for a share ``drop_rate`` (headers and half the body sent: a reset peer), stalls for ``stall_s`` seconds
 for a share ``stall_rate`` (a read that never finishes), and answers 403 ``AccessDenied`` for paths under
-``forbid`` (a bucket the credentials may not read). Everything else is forwarded as is.
+``forbid`` (a bucket the credentials may not read). With ``refuse_presigned`` it answers 403 to every request
+signed in its query string (an S3 service that takes no presigned URLs); ``counts["presigned"]`` counts those
+requests either way. Everything else is forwarded as is.
 
 Faults hit only GETs of byte ranges unless ``fault_all``; so listing and metadata stay reliable and a test
 can aim at the sample reads. Draws come from ``random.Random(seed)`` under a lock: the share is exact over
@@ -41,11 +43,12 @@ def _s3_error(code: str, message: str) -> bytes:
 class FaultProxy:
     def __init__(self, upstream: str, *, latency: float = 0.0, fail_rate: float = 0.0, drop_rate: float = 0.0,
                  stall_rate: float = 0.0, stall_s: float = 30.0, forbid: Sequence[str] = (), fault_all: bool = False,
-                 seed: int = 0, host: str = "127.0.0.1", port: int = 0):
+                 refuse_presigned: bool = False, seed: int = 0, host: str = "127.0.0.1", port: int = 0):
         up = urlsplit(upstream)
         self.upstream = (up.hostname, up.port or 80)
         self.latency, self.fail_rate, self.drop_rate = latency, fail_rate, drop_rate
         self.stall_rate, self.stall_s, self.forbid, self.fault_all = stall_rate, stall_s, tuple(forbid), fault_all
+        self.refuse_presigned = refuse_presigned
         self.counts: Counter = Counter()
         self.in_flight = self.peak_in_flight = 0  # requests being answered at once (do reads overlap?)
         self._rng, self._lock = random.Random(seed), threading.Lock()
@@ -112,10 +115,14 @@ class _Forward(BaseHTTPRequestHandler):
             time.sleep(p.latency)
             with p._lock:
                 p.in_flight -= 1
-        path = urlsplit(self.path).path
+        path, query = urlsplit(self.path)[2:4]
         if any(path.startswith(f) for f in p.forbid):
             p.count("forbidden")
             return self._reply(403, _s3_error("AccessDenied", "Access Denied"))
+        if "X-Amz-Signature=" in query:
+            p.count("presigned")
+            if p.refuse_presigned:
+                return self._reply(403, _s3_error("SignatureDoesNotMatch", "Query-string authentication is off"))
         if what == "fail":
             p.count("fail")
             return self._reply(500, _s3_error("InternalError", "We encountered an internal error. Please try again."))

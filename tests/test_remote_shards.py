@@ -5,6 +5,7 @@ The shared synthetic VP9 shards are uploaded once; every test compares what the 
 with what they read from the local copy."""
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -83,6 +84,7 @@ def assert_flaky_epochs_lose_nothing(shards, synthetic_shards, proxy, **kw):
     remote.COUNTERS.take_epoch()
     loader = build_loader(cfg_for(shards, **kw))
     epochs = [indices_and_videos(loader) for _ in range(2)]  # deterministic draws: the same faults every run
+    loader.close()  # the workers finish what they read ahead (the next epoch's first batches), counting its faults
     retried = remote.COUNTERS.take_epoch()
     local = build_loader(cfg_for(synthetic_shards, **kw))
     for far in epochs:
@@ -142,6 +144,26 @@ def test_an_epoch_through_a_flaky_proxy_delivers_every_sample_exactly_once(proxy
     # 5% of the sample reads answer 500 and 3% are cut mid-body; retried, counted, never lost or doubled
     proxy = proxy_env(fail_rate=0.05, drop_rate=0.03, seed=3)
     assert_flaky_epochs_lose_nothing(bucket_shards, synthetic_shards, proxy)
+
+
+def test_sample_reads_are_presigned_gets_and_an_endpoint_that_refuses_them_is_read_through_s3fs(
+        proxy_env, bucket_shards, synthetic_shards, caplog):
+    near = indices_and_videos(build_loader(cfg_for(synthetic_shards, num_workers=0)))
+    taking = proxy_env()
+    remote.COUNTERS.take_epoch()
+    loader = build_loader(cfg_for(bucket_shards, num_workers=0))  # checks the tars' member headers: ranged GETs too
+    at_start = taking.counts["presigned"]
+    assert_same_batches(indices_and_videos(loader), near)
+    assert taking.counts["presigned"] - at_start == 24  # one presigned GET per sample
+    refusing = proxy_env(refuse_presigned=True)  # an S3 service without query-string signatures
+    remote.reset()  # a fresh client for the new endpoint
+    with caplog.at_level(logging.INFO, logger="amd_fast.data.s3_presigned"):
+        loader = build_loader(cfg_for(bucket_shards, num_workers=0))  # its header reads, at once: all refused
+        at_start = refusing.counts["presigned"]
+        assert_same_batches(indices_and_videos(loader), near)
+    assert 1 <= at_start <= 24 and refusing.counts["presigned"] == at_start  # then none: read through s3fs
+    assert sum("presigned GETs refused" in r.getMessage() for r in caplog.records) == 1
+    assert remote.COUNTERS.take_epoch() == {}  # a refusal is not a fault
 
 
 def test_resume_from_a_bucket_after_a_kill_gives_the_local_batches(s3_env, bucket_shards, synthetic_shards):

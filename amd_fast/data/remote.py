@@ -8,7 +8,8 @@
   ``concurrency`` in flight and at most :data:`MAX_INFLIGHT_BYTES` bytes requested at a time, each request
   bounded by ``timeout_s`` (a stalled read is abandoned and retried). Transient failures (5xx, 429, resets,
   short bodies, timeouts) are retried with exponential backoff and jitter, up to ``retries`` times, and
-  counted in :data:`COUNTERS`. Permanent ones (404, 403, missing credentials) raise at once.
+  counted in :data:`COUNTERS`. Permanent ones (404, 403, missing credentials) raise at once. On S3 a byte
+  range goes out as a plain GET of a presigned URL (:mod:`.s3_presigned`: a third of botocore's CPU per GET).
 - **Errors**: every failure is an ``OSError`` subclass (the loaders' ``read_samples`` contract):
   :class:`RemoteNotFound` / :class:`RemoteForbidden` (permanent: the message names the URL and the fix),
   :class:`RemoteUnavailable` (still failing after the retries: the sample follows ``data.on_bad_sample``).
@@ -315,8 +316,12 @@ def filesystem(url: str):
                     # send the whole object's checksum with a byte range, which then never matches. AWS sends none
                     # for ranges, so this only skips checks on whole small objects (manifest, .idx), which are
                     # parsed and checked on their own.
-                    "response_checksum_validation": "when_required"})
+                    "response_checksum_validation": "when_required",
+                    "signature_version": "s3v4"})  # presigned URLs too (botocore presigns with SigV2 otherwise)
                 fs.retries = 1  # s3fs's own retry loop: one attempt
+                from .s3_presigned import PresignedGets
+
+                fs._amd_presigned = PresignedGets(fs)  # sample reads: presigned ranged GETs (see that module)
             else:
                 try:
                     fs = fsspec.filesystem(proto, skip_instance_cache=True)
@@ -368,6 +373,21 @@ class _ByteBudget:
             self.cond.notify_all()
 
 
+def shutting_down(e: BaseException) -> bool:
+    """Whether ``e`` says that this process is shutting down: a DataLoader worker that exits while its read-ahead
+    thread still reads finds the executors (aiohttp resolves hosts in one) or the event loop closed. Retrying
+    that would hold the exit up through every backoff, and counting it would count faults nobody injected."""
+    return isinstance(e, RuntimeError) and any(m in str(e) for m in (
+        "after shutdown", "interpreter shutdown", "Event loop is closed", "Session is closed"))
+
+
+def _get(fs, url: str, start: Optional[int], end: Optional[int]):
+    presigned = getattr(fs, "_amd_presigned", None)
+    if presigned is not None and start is not None and end is not None and 0 <= start < end:
+        return presigned.get(_path(fs, url), start, end)
+    return fs._cat_file(_path(fs, url), start=start, end=end)
+
+
 async def _read_async(fs, r: Range, s: RemoteSettings, gate: asyncio.Semaphore, budget: _ByteBudget) -> bytes:
     url, start, end = r
     shown = redact(url)
@@ -376,17 +396,19 @@ async def _read_async(fs, r: Range, s: RemoteSettings, gate: asyncio.Semaphore, 
         async with gate:
             await budget.acquire(n)
             try:
-                return await asyncio.wait_for(fs._cat_file(_path(fs, url), start=start, end=end), s.timeout_s)
+                return await asyncio.wait_for(_get(fs, url, start, end), s.timeout_s)
             except Exception as e:  # noqa: BLE001 (sorted into permanent / transient right here)
                 err = e
             finally:
                 await budget.release(n)
+        where = f"{shown} bytes {start}-{end}" if start is not None else shown
+        if shutting_down(err):
+            raise RemoteUnavailable(f"{where}: not read, this process is shutting down", shown) from None
         severity, kind = classify(err)
         if severity == "permanent":
             raise permanent_error(err, shown, kind) from None
         if attempt == s.retries:
             COUNTERS.add("gave up after retries")
-            where = f"{shown} bytes {start}-{end}" if start is not None else shown
             raise RemoteUnavailable(f"{where}: {kind} on all {s.retries + 1} tries "
                                     f"({_first_line(err)}); check the endpoint and the network", shown) from None
         COUNTERS.add(kind)
@@ -403,6 +425,8 @@ def _read_sync(fs, r: Range, s: RemoteSettings) -> bytes:
         try:
             return fs.cat_file(_path(fs, url), start=start, end=end)
         except Exception as e:  # noqa: BLE001
+            if shutting_down(e):
+                raise RemoteUnavailable(f"{shown}: not read, this process is shutting down", shown) from None
             severity, kind = classify(e)
             if severity == "permanent":
                 raise permanent_error(e, shown, kind) from None
@@ -491,6 +515,8 @@ def _call(url: str, what: str, fn):
         try:
             return fn()
         except Exception as e:  # noqa: BLE001
+            if shutting_down(e):
+                raise RemoteUnavailable(f"{shown}: not read, this process is shutting down", shown) from None
             severity, kind = classify(e)
             if severity == "permanent":
                 raise permanent_error(e, shown, kind) from None
