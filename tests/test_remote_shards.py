@@ -166,6 +166,20 @@ def test_sample_reads_are_presigned_gets_and_an_endpoint_that_refuses_them_is_re
     assert remote.COUNTERS.take_epoch() == {}  # a refusal is not a fault
 
 
+def test_presigned_gets_go_through_the_proxy_that_http_proxy_names_unless_no_proxy_exempts_the_host(
+        s3_env, bucket_shards, synthetic_shards, monkeypatch):
+    near = indices_and_videos(build_loader(cfg_for(synthetic_shards, num_workers=0)))
+    host = s3_env.url.split("//", 1)[1].split(":")[0]
+    with FaultProxy(s3_env.url) as forward:  # as a forward proxy: it takes absolute URLs too
+        for no_proxy, through in (("", True), (host, False)):
+            remote.reset()
+            monkeypatch.setenv("HTTP_PROXY", forward.url)
+            monkeypatch.setenv("NO_PROXY", no_proxy)
+            before = forward.counts["presigned"]
+            assert_same_batches(indices_and_videos(build_loader(cfg_for(bucket_shards, num_workers=0))), near)
+            assert (forward.counts["presigned"] - before >= 24) is through
+
+
 def test_resume_from_a_bucket_after_a_kill_gives_the_local_batches(s3_env, bucket_shards, synthetic_shards):
     first = build_loader(cfg_for(bucket_shards))
     first.set_epoch(1)

@@ -19,8 +19,10 @@ import logging
 import os
 import ssl
 import time
+import urllib.request
 import weakref
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
+from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ class PresignedGets:
         self.fs = fs
         self.urls: Dict[str, Tuple[str, float]] = {}  # s3 path -> (presigned URL, when signed)
         self.off: set = set()  # buckets read through s3fs only
+        self.proxies: Dict[Tuple[str, str], Optional[str]] = {}  # (scheme, host) -> proxy URL or None
         self.session = None
 
     async def get(self, path: str, start: int, end: int) -> bytes:
@@ -72,8 +75,8 @@ class PresignedGets:
             self.session = await _new_session()
             weakref.finalize(self, _close, self.fs.loop, self.session)  # as s3fs closes its client
         url = await self._url(path)
-        async with self.session.get(url, headers={"Range": f"bytes={start}-{end - 1}"},
-                                    allow_redirects=False) as resp:
+        async with self.session.get(url, headers={"Range": f"bytes={start}-{end - 1}"}, allow_redirects=False,
+                                    proxy=self._proxy_for(url)) as resp:
             if resp.status not in (200, 206):
                 raise HTTPStatusError(resp.status, f"s3://{path}")
             got = resp.headers.get("Content-Range")
@@ -86,6 +89,15 @@ class PresignedGets:
         if not got.startswith(f"bytes {start}-"):
             raise ValueError(f"s3://{path}: asked for bytes {start}-{end - 1}, got {got}")
         return data
+
+    def _proxy_for(self, url: str) -> Optional[str]:
+        """The HTTP(S)_PROXY that NO_PROXY leaves ``url``'s host to, looked up once per host: aiohttp's
+        ``trust_env`` looks it up (and reads ~/.netrc) on every request, ~1 ms of CPU per GET measured here."""
+        scheme, host = urlsplit(url)[:2]
+        if (scheme, host) not in self.proxies:
+            bypass = urllib.request.proxy_bypass(host.rsplit(":", 1)[0])
+            self.proxies[scheme, host] = None if bypass else urllib.request.getproxies().get(scheme)
+        return self.proxies[scheme, host]
 
     async def _url(self, path: str) -> str:
         now = time.monotonic()
@@ -104,7 +116,7 @@ class PresignedGets:
 
 async def _new_session():
     """An aiohttp session that trusts what botocore trusts: AWS_CA_BUNDLE, else certifi's bundle (which
-    botocore ships with), and the HTTP(S)_PROXY / NO_PROXY variables."""
+    botocore ships with); the HTTP(S)_PROXY / NO_PROXY variables are applied per host (``_proxy_for``)."""
     import aiohttp
 
     cafile = os.environ.get("AWS_CA_BUNDLE")
@@ -117,8 +129,7 @@ async def _new_session():
             cafile = None
     context = ssl.create_default_context(cafile=cafile)
     # limit=0: the caller's data.remote_concurrency bounds the requests in flight
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context, limit=0), trust_env=True,
-                                 auto_decompress=False)
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context, limit=0), auto_decompress=False)
 
 
 def _close(loop, session) -> None:
