@@ -279,6 +279,13 @@ def _children(pid: int):
     return kids
 
 
+def _zombie(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def _rank_of(pid: int):
     env = dict(kv.split("=", 1) for kv in (Path("/proc") / str(pid) / "environ").read_text().split("\0") if "=" in kv)
     return int(env["RANK"]) if "RANK" in env else None
@@ -301,11 +308,16 @@ def test_stalled_rank_times_out_instead_of_hanging(synthetic_shards, tmp_path):
                 break
             time.sleep(0.1)
         assert proc.poll() is None, "the run ended before the stall"
-        stopped = next(pid for pid in _children(proc.pid) if _rank_of(pid) == 1)
+        ranks = {_rank_of(pid): pid for pid in _children(proc.pid)}
+        stopped = ranks[1]
         os.kill(stopped, signal.SIGSTOP)
         t0 = time.time()
+        while time.time() - t0 < 120 and Path(f"/proc/{ranks[0]}").exists() and not _zombie(ranks[0]):
+            time.sleep(0.2)
+        waited = time.time() - t0  # until rank 0 gave up
+        # torchrun then SIGTERMs the stopped rank and waits 30 s before its SIGKILL: not ours to time
+        os.kill(stopped, signal.SIGKILL)
         _, err = proc.communicate(timeout=150)
-        waited = time.time() - t0
     finally:
         if stopped is not None:
             for sig in (signal.SIGCONT, signal.SIGKILL):
