@@ -105,6 +105,8 @@ def test_urls_are_printed_without_credentials_and_sorted_into_permanent_and_tran
     assert remote.secrets_in("s3://bucket/p") is None and not remote.is_url("file:///tmp/x")
     assert remote.classify(FileNotFoundError("x"))[0] == "permanent"
     assert remote.classify(PermissionError("x"))[0] == "permanent"
+    # a worker exiting mid-read: stop, neither retried nor counted
+    assert remote.classify(RuntimeError("cannot schedule new futures after shutdown")) == ("permanent", "shutting down")
     assert remote.classify(TimeoutError())[0] == "transient"
     assert remote.classify(ConnectionResetError())[0] == "transient"
     assert parse_bytes("2G") == 2 << 30 and parse_bytes("500MiB") == 500 << 20 and parse_bytes(123) == 123

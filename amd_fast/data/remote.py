@@ -154,8 +154,18 @@ def _chain_names(e: BaseException) -> List[str]:
     return out
 
 
+def _shutting_down(e: BaseException) -> bool:
+    """Whether ``e`` says that this process is shutting down: a DataLoader worker that exits while its read-ahead
+    thread still reads finds the executors (aiohttp resolves hosts in one) or the event loop closed. Retrying
+    that would hold the exit up through every backoff, and counting it would count faults nobody injected."""
+    return isinstance(e, RuntimeError) and any(m in str(e) for m in (
+        "after shutdown", "interpreter shutdown", "Event loop is closed", "Session is closed"))
+
+
 def classify(e: BaseException) -> Tuple[str, str]:
     """('permanent' | 'transient', kind) of a failed request; kind names it in logs and counters."""
+    if _shutting_down(e):
+        return "permanent", "shutting down"
     status = _status_of(e)
     names = _chain_names(e)
     if isinstance(e, FileNotFoundError) or status == 404:
@@ -182,6 +192,8 @@ def classify(e: BaseException) -> Tuple[str, str]:
 
 def permanent_error(e: BaseException, url: str, kind: str) -> RemoteError:
     """The one-line error for a permanent failure of ``url`` (already redacted)."""
+    if kind == "shutting down":  # not the URL's fault: never retried, never counted
+        return RemoteUnavailable(f"{url}: not read, this process is shutting down", url)
     if kind == "not found":
         return RemoteNotFound(f"{url} does not exist (404); check the URL in data.shards, or upload the shard folder "
                               "that `python -m amd_fast.shard --out DIR` wrote (manifest, tars and .idx files)", url)
@@ -373,14 +385,6 @@ class _ByteBudget:
             self.cond.notify_all()
 
 
-def shutting_down(e: BaseException) -> bool:
-    """Whether ``e`` says that this process is shutting down: a DataLoader worker that exits while its read-ahead
-    thread still reads finds the executors (aiohttp resolves hosts in one) or the event loop closed. Retrying
-    that would hold the exit up through every backoff, and counting it would count faults nobody injected."""
-    return isinstance(e, RuntimeError) and any(m in str(e) for m in (
-        "after shutdown", "interpreter shutdown", "Event loop is closed", "Session is closed"))
-
-
 def _get(fs, url: str, start: Optional[int], end: Optional[int]):
     presigned = getattr(fs, "_amd_presigned", None)
     if presigned is not None and start is not None and end is not None and 0 <= start < end:
@@ -401,14 +405,12 @@ async def _read_async(fs, r: Range, s: RemoteSettings, gate: asyncio.Semaphore, 
                 err = e
             finally:
                 await budget.release(n)
-        where = f"{shown} bytes {start}-{end}" if start is not None else shown
-        if shutting_down(err):
-            raise RemoteUnavailable(f"{where}: not read, this process is shutting down", shown) from None
         severity, kind = classify(err)
         if severity == "permanent":
             raise permanent_error(err, shown, kind) from None
         if attempt == s.retries:
             COUNTERS.add("gave up after retries")
+            where = f"{shown} bytes {start}-{end}" if start is not None else shown
             raise RemoteUnavailable(f"{where}: {kind} on all {s.retries + 1} tries "
                                     f"({_first_line(err)}); check the endpoint and the network", shown) from None
         COUNTERS.add(kind)
@@ -425,8 +427,6 @@ def _read_sync(fs, r: Range, s: RemoteSettings) -> bytes:
         try:
             return fs.cat_file(_path(fs, url), start=start, end=end)
         except Exception as e:  # noqa: BLE001
-            if shutting_down(e):
-                raise RemoteUnavailable(f"{shown}: not read, this process is shutting down", shown) from None
             severity, kind = classify(e)
             if severity == "permanent":
                 raise permanent_error(e, shown, kind) from None
@@ -515,8 +515,6 @@ def _call(url: str, what: str, fn):
         try:
             return fn()
         except Exception as e:  # noqa: BLE001
-            if shutting_down(e):
-                raise RemoteUnavailable(f"{shown}: not read, this process is shutting down", shown) from None
             severity, kind = classify(e)
             if severity == "permanent":
                 raise permanent_error(e, shown, kind) from None

@@ -60,7 +60,7 @@ class PresignedGets:
             return await self._get(path, start, end)
         except Exception as e:  # noqa: BLE001 (sorted right here)
             severity, kind = remote.classify(e)
-            if (severity == "transient" and kind != "other") or remote.shutting_down(e):
+            if (severity == "transient" and kind != "other") or kind == "shutting down":
                 raise
             self.urls.pop(path, None)
             first = e
