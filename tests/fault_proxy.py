@@ -7,7 +7,8 @@ for a share ``drop_rate`` (headers and half the body sent: a reset peer), stalls
 for a share ``stall_rate`` (a read that never finishes), and answers 403 ``AccessDenied`` for paths under
 ``forbid`` (a bucket the credentials may not read). With ``refuse_presigned`` it answers 403 to every request
 signed in its query string (an S3 service that takes no presigned URLs); ``counts["presigned"]`` counts those
-requests either way. Everything else is forwarded as is.
+requests either way. With ``ignore_range`` it drops the ``Range`` header (a server that answers every GET with
+the whole object, 200). Everything else is forwarded as is.
 
 Faults hit only GETs of byte ranges unless ``fault_all``; so listing and metadata stay reliable and a test
 can aim at the sample reads. Draws come from ``random.Random(seed)`` under a lock: the share is exact over
@@ -43,12 +44,13 @@ def _s3_error(code: str, message: str) -> bytes:
 class FaultProxy:
     def __init__(self, upstream: str, *, latency: float = 0.0, fail_rate: float = 0.0, drop_rate: float = 0.0,
                  stall_rate: float = 0.0, stall_s: float = 30.0, forbid: Sequence[str] = (), fault_all: bool = False,
-                 refuse_presigned: bool = False, seed: int = 0, host: str = "127.0.0.1", port: int = 0):
+                 refuse_presigned: bool = False, ignore_range: bool = False, seed: int = 0, host: str = "127.0.0.1",
+                 port: int = 0):
         up = urlsplit(upstream)
         self.upstream = (up.hostname, up.port or 80)
         self.latency, self.fail_rate, self.drop_rate = latency, fail_rate, drop_rate
         self.stall_rate, self.stall_s, self.forbid, self.fault_all = stall_rate, stall_s, tuple(forbid), fault_all
-        self.refuse_presigned = refuse_presigned
+        self.refuse_presigned, self.ignore_range = refuse_presigned, ignore_range
         self.counts: Counter = Counter()
         self.in_flight = self.peak_in_flight = 0  # requests being answered at once (do reads overlap?)
         self._rng, self._lock = random.Random(seed), threading.Lock()
@@ -151,7 +153,8 @@ class _Forward(BaseHTTPRequestHandler):
         """The upstream's answer to this request, over a connection kept for as long as the client's (an S3
         client pools its connections, and a fresh upstream connection per request would cost the endpoint a
         connection and a thread each time; one retry on a fresh connection if the kept one was closed)."""
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
+        dropped = _HOP_HEADERS | ({"range"} if self.owner.ignore_range else set())
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
         for attempt in (0, 1):
             conn = getattr(self, "_upstream", None)
             if conn is None:

@@ -182,6 +182,13 @@ def test_presigned_gets_go_through_the_proxy_that_http_proxy_names_unless_no_pro
             assert (forward.counts["presigned"] - before >= 24) is through
 
 
+def test_a_server_that_ignores_range_still_gives_each_sample_its_own_bytes(proxy_env, bucket_shards, synthetic_shards):
+    near = indices_and_videos(build_loader(cfg_for(synthetic_shards, num_workers=0)))
+    whole = proxy_env(ignore_range=True)  # every GET answered 200 with the whole tar, no Content-Range
+    assert_same_batches(indices_and_videos(build_loader(cfg_for(bucket_shards, num_workers=0))), near)
+    assert whole.counts["presigned"] >= 24
+
+
 def test_resume_from_a_bucket_after_a_kill_gives_the_local_batches(s3_env, bucket_shards, synthetic_shards):
     first = build_loader(cfg_for(bucket_shards))
     first.set_epoch(1)
